@@ -89,6 +89,8 @@ typedef struct mk_engine_params {
   int32_t cpu_mode;    /* mk_cpu_mode; ignored on CUDA */
   int32_t gpu_index;   /* CUDA device ordinal */
   int32_t timeout_ms;  /* CUDA: a counter wait longer than this aborts the kernel with MK_ERR_TIMEOUT; 0 = 5000 */
+  uint32_t interleave_seed; /* CPU interpreter: 0 = run the queues in order; else a random valid interleaving of the
+                               queues (any order the counters allow), drawn from this seed, for every step */
 } mk_engine_params;
 
 /* ---- sampling -------------------------------------------------------------------------------------------------- */
@@ -168,6 +170,10 @@ MK_API int32_t mk_engine_load(mk_engine *e);
 /* Install the instruction program made by engine/scheduler.ts (see native/program.h): n_words int32 words. Required
    before generation on CUDA and with MK_CPU_INTERPRETER. */
 MK_API int32_t mk_engine_set_program(mk_engine *e, const int32_t *words, int32_t n_words);
+
+/* What the engine runs on: the number of instruction queues the scheduler should build (CUDA: SM count; CPU: a
+   suggestion) and a device name ("NVIDIA H200", "cpu (16 threads)"). */
+MK_API int32_t mk_engine_device_info(const mk_engine *e, int32_t *n_queues, char *name, int32_t cap);
 
 MK_API int32_t mk_engine_position(const mk_engine *e);
 /* Keep only the first n positions of the KV cache (0 = clear the conversation). */
