@@ -1,0 +1,285 @@
+/**
+ * ChatTokenizer: the model's tokenizer.json (through `@huggingface/tokenizers`), its chat template (through
+ * `@huggingface/jinja`), its stop ids, and an incremental detokeniser for streaming replies.
+ *
+ * Conventions, matching HF transformers:
+ * - `encode()` never adds special tokens by itself; BOS is added only when asked (`addBos`), whatever the
+ *   tokenizer.json post-processor would do.
+ * - The chat template writes `<|begin_of_text|>` itself, so the rendered text is encoded without adding BOS
+ *   (HF's `apply_chat_template(tokenize=True)` does the same).
+ * - Decoding never applies `clean_up_tokenization_spaces` (it would turn "a . b" into "a. b"): decode(encode(s)) == s.
+ *
+ * @module
+ */
+
+import { Template } from "@huggingface/jinja";
+import { Tokenizer } from "@huggingface/tokenizers";
+import type { ModelFiles } from "../weights/model_files.ts";
+import { MkError } from "./errors.ts";
+
+/** A chat message as templates expect it. */
+export interface ChatMessage {
+  /** "system", "user" or "assistant". */
+  role: string;
+  /** The text. */
+  content: string;
+}
+
+/** An incremental detokeniser: push ids one by one, get the text that became complete. */
+export interface StreamDecoder {
+  /** Adds one token; returns the new text it completes ("" while a UTF-8 character is still partial). */
+  push(id: number): string;
+  /** Returns whatever is still held back (e.g. an invalid byte sequence at the very end). */
+  flush(): string;
+}
+
+/** What ChatTokenizer.load() reads: the tokenizer fields of ModelFiles. */
+export type TokenizerFiles = Pick<ModelFiles, "dir" | "tokenizerJsonPath" | "tokenizerConfig" | "generationConfig"> & {
+  config?: { bosTokenId?: number; eosTokenIds?: number[] };
+};
+
+/** A UTF-8 character is at most 4 bytes, so more pending tokens than this cannot be one partial character. */
+const MAX_PENDING = 4;
+
+/** tokenizer_config.json's special tokens are a string or an AddedToken object `{ content }`. */
+function tokenText(value: unknown): string | null {
+  if (typeof value === "string") return value;
+  if (value && typeof value === "object" && typeof (value as { content?: unknown }).content === "string") {
+    return (value as { content: string }).content;
+  }
+  return null;
+}
+
+function idList(value: unknown): number[] {
+  if (typeof value === "number" && Number.isInteger(value)) return [value];
+  if (Array.isArray(value)) return value.filter((v): v is number => typeof v === "number" && Number.isInteger(v));
+  return [];
+}
+
+/** The chat template source: tokenizer_config.json's chat_template (a string or named list), else chat_template.jinja. */
+async function findTemplate(files: TokenizerFiles): Promise<{ source: string; where: string } | null> {
+  const where = `${files.dir}/tokenizer_config.json`;
+  const t = files.tokenizerConfig.chat_template;
+  if (typeof t === "string") return { source: t, where };
+  if (Array.isArray(t)) {
+    const named = t.find((e) => e?.name === "default") ?? t[0];
+    if (typeof named?.template === "string") return { source: named.template, where };
+  }
+  const jinja = `${files.dir}/chat_template.jinja`;
+  try {
+    return { source: await Deno.readTextFile(jinja), where: jinja };
+  } catch {
+    return null;
+  }
+}
+
+/** Python's strftime for the few directives chat templates use (%d %b %B %Y %m %H %M %S %A %a %y %j %%). */
+function strftime(date: Date, format: string): string {
+  const months = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+  ];
+  const days = ["Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday"];
+  const pad = (n: number, w = 2) => String(n).padStart(w, "0");
+  const dayOfYear = Math.floor((date.getTime() - new Date(date.getFullYear(), 0, 1).getTime()) / 86400000) + 1;
+  return format.replace(/%([dbBYmHMSAayj%])/g, (_, c: string) => {
+    switch (c) {
+      case "d":
+        return pad(date.getDate());
+      case "b":
+        return months[date.getMonth()].slice(0, 3);
+      case "B":
+        return months[date.getMonth()];
+      case "Y":
+        return String(date.getFullYear());
+      case "y":
+        return pad(date.getFullYear() % 100);
+      case "m":
+        return pad(date.getMonth() + 1);
+      case "H":
+        return pad(date.getHours());
+      case "M":
+        return pad(date.getMinutes());
+      case "S":
+        return pad(date.getSeconds());
+      case "A":
+        return days[date.getDay()];
+      case "a":
+        return days[date.getDay()].slice(0, 3);
+      case "j":
+        return pad(dayOfYear, 3);
+      default:
+        return "%";
+    }
+  });
+}
+
+/** A model's tokenizer and chat template. */
+export class ChatTokenizer {
+  /** Token ids that end a reply: generation_config eos ∪ config eos ∪ tokenizer eos ∪ <|eot_id|>, <|eom_id|>. */
+  readonly stopIds: number[];
+  /** The BOS id, or null when the model has none. */
+  readonly bosId: number | null;
+
+  #tok: Tokenizer;
+  #template: Template | null;
+  #templateWhere: string;
+  #bosToken: string;
+  #eosToken: string;
+  #specialIds: Set<number>;
+
+  private constructor(
+    tok: Tokenizer,
+    template: { compiled: Template; where: string } | null,
+    files: TokenizerFiles,
+  ) {
+    this.#tok = tok;
+    this.#template = template?.compiled ?? null;
+    this.#templateWhere = template?.where ?? `${files.dir}/tokenizer_config.json`;
+    this.#bosToken = tokenText(files.tokenizerConfig.bos_token) ?? "";
+    this.#eosToken = tokenText(files.tokenizerConfig.eos_token) ?? "";
+    this.#specialIds = new Set([...tok.get_added_tokens_decoder()].filter(([, t]) => t.special).map(([id]) => id));
+    const bos = this.#bosToken ? tok.token_to_id(this.#bosToken) : undefined;
+    this.bosId = bos ?? files.config?.bosTokenId ?? null;
+    const stops = new Set<number>([
+      ...idList(files.generationConfig?.eos_token_id),
+      ...(files.config?.eosTokenIds ?? []),
+    ]);
+    for (const text of [this.#eosToken, "<|eot_id|>", "<|eom_id|>"]) {
+      const id = text ? tok.token_to_id(text) : undefined;
+      if (id !== undefined) stops.add(id);
+    }
+    this.stopIds = [...stops].sort((a, b) => a - b);
+  }
+
+  /** Reads tokenizer.json and the chat template; MkError("tokenizer") naming the file when either is unusable. */
+  static async load(files: TokenizerFiles): Promise<ChatTokenizer> {
+    let json: unknown;
+    try {
+      json = JSON.parse(await Deno.readTextFile(files.tokenizerJsonPath));
+    } catch (e) {
+      throw new MkError("tokenizer", `${files.tokenizerJsonPath}: ${e instanceof Error ? e.message : e}`);
+    }
+    let tok: Tokenizer;
+    try {
+      tok = new Tokenizer(json as object, files.tokenizerConfig);
+    } catch (e) {
+      throw new MkError("tokenizer", `${files.tokenizerJsonPath}: not a usable tokenizer: ${(e as Error).message}`);
+    }
+    const found = await findTemplate(files);
+    let template: { compiled: Template; where: string } | null = null;
+    if (found) {
+      try {
+        template = { compiled: new Template(found.source), where: found.where };
+      } catch (e) {
+        throw new MkError("tokenizer", `${found.where}: chat_template does not parse: ${(e as Error).message}`);
+      }
+    }
+    return new ChatTokenizer(tok, template, files);
+  }
+
+  /** True when the model has a chat template (renderChat() works). */
+  get hasChatTemplate(): boolean {
+    return this.#template !== null;
+  }
+
+  /** Token ids of `text`, special-token text included as special tokens (as HF does); BOS first when `addBos`. */
+  encode(text: string, opts: { addBos?: boolean } = {}): number[] {
+    const ids = text === "" ? [] : this.#tok.encode(text, { add_special_tokens: false }).ids;
+    if (opts.addBos) {
+      if (this.bosId === null) throw new MkError("tokenizer", "this tokenizer has no BOS token");
+      return [this.bosId, ...ids];
+    }
+    return ids;
+  }
+
+  /** The text of `ids`; with `skipSpecial`, special tokens (BOS, <|eot_id|>, …) are left out. */
+  decode(ids: number[], opts: { skipSpecial?: boolean } = {}): string {
+    if (ids.length === 0) return "";
+    return this.#tok.decode(ids, {
+      skip_special_tokens: opts.skipSpecial ?? false,
+      clean_up_tokenization_spaces: false,
+    });
+  }
+
+  /** True for added special tokens (BOS, EOS, headers, reserved). */
+  isSpecial(id: number): boolean {
+    return this.#specialIds.has(id);
+  }
+
+  /**
+   * The chat template's text for `messages`: bos_token, eos_token, add_generation_prompt, strftime_now and
+   * raise_exception are provided; `extra` adds or overrides variables (e.g. a fixed `date_string`).
+   */
+  renderChatText(messages: ChatMessage[], addGenerationPrompt: boolean, extra: Record<string, unknown> = {}): string {
+    if (this.#template === null) {
+      throw new MkError("tokenizer", `${this.#templateWhere} has no chat_template: use --raw for plain text`);
+    }
+    const where = this.#templateWhere;
+    try {
+      return this.#template.render({
+        messages: messages.map((m) => ({ role: m.role, content: m.content })),
+        bos_token: this.#bosToken,
+        eos_token: this.#eosToken,
+        add_generation_prompt: addGenerationPrompt,
+        strftime_now: (format: string) => strftime(new Date(), format),
+        raise_exception: (message: string) => {
+          throw new MkError("tokenizer", `chat template (${where}): ${message}`);
+        },
+        ...extra,
+      });
+    } catch (e) {
+      if (e instanceof MkError) throw e;
+      throw new MkError("tokenizer", `chat template (${where}) failed: ${(e as Error).message}`);
+    }
+  }
+
+  /** The token ids of the rendered chat (no BOS added: the template writes it). */
+  renderChat(messages: ChatMessage[], addGenerationPrompt: boolean, extra: Record<string, unknown> = {}): number[] {
+    return this.encode(this.renderChatText(messages, addGenerationPrompt, extra));
+  }
+
+  /**
+   * An incremental detokeniser. It decodes a short window of recent ids (the last emitted boundary onwards), emits
+   * only text that became complete, and holds back text ending in U+FFFD (a UTF-8 character split across tokens).
+   * Special tokens are skipped unless `skipSpecial` is false.
+   */
+  streamDecoder(opts: { skipSpecial?: boolean } = {}): StreamDecoder {
+    const skipSpecial = opts.skipSpecial ?? true;
+    // ids[0, prefixEnd) is context already emitted (kept so decoders that look at neighbours see it);
+    // ids[prefixEnd, …) is not emitted yet.
+    let ids: number[] = [];
+    let prefixEnd = 0;
+    const decode = (part: number[]) => this.decode(part, { skipSpecial });
+    const emit = (force: boolean): string => {
+      const pending = ids.length - prefixEnd;
+      if (pending === 0) return "";
+      const before = decode(ids.slice(0, prefixEnd));
+      const all = decode(ids);
+      if (!force && all.endsWith("\uFFFD") && pending < MAX_PENDING) return "";
+      // Keep only the last emitted token as context, so the window stays a few tokens long (none after text that
+      // was forced out incomplete: it must not combine with what follows).
+      ids = all.endsWith("\uFFFD") ? [] : ids.slice(ids.length - 1);
+      prefixEnd = ids.length;
+      return all.startsWith(before) ? all.slice(before.length) : all;
+    };
+    return {
+      push: (id: number) => {
+        if (skipSpecial && this.#specialIds.has(id)) return "";
+        ids.push(id);
+        return emit(false);
+      },
+      flush: () => emit(true),
+    };
+  }
+}
