@@ -112,6 +112,9 @@ typedef struct mk_program_view {
  */
 int mk_program_parse(mk_engine *e, const int32_t *words, int32_t n_words, mk_program_view *out);
 
+/* "QKV", "ATTN", ... for messages; "?" when op is not an opcode */
+const char *mk_op_name(int op);
+
 /* Monotonic clock in microseconds (CLOCK_MONOTONIC). */
 double mk_now_us(void);
 
