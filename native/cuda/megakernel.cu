@@ -1,0 +1,178 @@
+// megakernel.cu — the persistent decode kernel: one block per SM walks its instruction queue for every token of a
+// launch. This file is the only place that maps opcodes (native/program.h) to ops (native/cuda/ops/).
+//
+// Build: nvcc -gencode=arch=compute_90a,code=sm_90a -O3 -Xptxas -v -c megakernel.cu (native/build.ts does it).
+#include "megakernel.cuh"
+#include "ops/attn.cuh"
+#include "ops/down.cuh"
+#include "ops/gateup.cuh"
+#include "ops/lmhead.cuh"
+#include "ops/oproj.cuh"
+#include "ops/qkv.cuh"
+#include "ops/sample.cuh"
+#include "../program.h"
+
+namespace mk {
+
+// Weight rows an instruction streams (0 for ATTN, SAMPLE and skipped LM-head steps).
+__device__ static int op_rows(const Globals &g, int op, const int *a, int layer, int step) {
+  switch (op) {
+    case MK_OP_QKV: return QkvOp::rows(g, a, layer, step);
+    case MK_OP_OPROJ: return OprojOp::rows(g, a, layer, step);
+    case MK_OP_GATEUP: return GateupOp::rows(g, a, layer, step);
+    case MK_OP_DOWN: return DownOp::rows(g, a, layer, step);
+    case MK_OP_LMHEAD: return LmheadOp::rows(g, a, layer, step);
+    default: return 0;
+  }
+}
+
+__device__ static bool issue_op(const Globals &g, Smem &s, PageIssuer &iss, int op, const int *a, int layer,
+                                int step) {
+  const int n = op_rows(g, op, a, layer, step);
+  if (n == 0) return true;
+  switch (op) {
+    case MK_OP_QKV: return issue_rows(s, iss, n, g.dim, [&](int k) { return QkvOp::row(g, a, layer, k); });
+    case MK_OP_OPROJ: return issue_rows(s, iss, n, g.dim, [&](int k) { return OprojOp::row(g, a, layer, k); });
+    case MK_OP_GATEUP: return issue_rows(s, iss, n, g.dim, [&](int k) { return GateupOp::row(g, a, layer, k); });
+    case MK_OP_DOWN: return issue_rows(s, iss, n, g.dim, [&](int k) { return DownOp::row(g, a, layer, k); });
+    case MK_OP_LMHEAD: return issue_rows(s, iss, n, g.dim, [&](int k) { return LmheadOp::row(g, a, layer, k); });
+    default: return true;
+  }
+}
+
+// Returns whether the instruction signals its counter.
+__device__ static bool run_op(const Globals &g, Smem &s, PageCursor &cur, int op, const int *a, int layer, int step) {
+  switch (op) {
+    case MK_OP_QKV: return QkvOp::run(g, s, cur, a, layer, step);
+    case MK_OP_ATTN: return AttnOp::run(g, s, cur, a, layer, step);
+    case MK_OP_OPROJ: return OprojOp::run(g, s, cur, a, layer, step);
+    case MK_OP_GATEUP: return GateupOp::run(g, s, cur, a, layer, step);
+    case MK_OP_DOWN: return DownOp::run(g, s, cur, a, layer, step);
+    case MK_OP_LMHEAD: return LmheadOp::run(g, s, cur, a, layer, step);
+    case MK_OP_SAMPLE: return SampleOp::run(g, s, cur, a, layer, step);
+    default: consumer_sync(); return true;  // NOOP
+  }
+}
+
+// --- producer warp: stream the weights of every instruction, token after token ----------------------------------
+__device__ static void produce(const Globals &g, Smem &s, int q0, int q1) {
+  PageIssuer iss;
+  for (int step = 0; step < g.n_steps; ++step) {
+    for (int i = q0; i < q1; ++i) {
+      const int *w = g.instr + i * MK_INSTR_WORDS;
+      if (!issue_op(g, s, iss, w[MK_I_OP], w + MK_I_A0, w[MK_I_LAYER], step)) goto done;
+    }
+  }
+done:
+  __threadfence_block();
+  s.producer_done = 1;
+}
+
+// --- consumer warps: wait, compute, signal -------------------------------------------------------------------------
+__device__ static void consume(const Globals &g, Smem &s, int q0, int q1) {
+  PageCursor cur;
+  for (int step = 0; step < g.n_steps; ++step) {
+    if (step > 0) {  // step gate: the previous token is sampled (counter 0, program.h), then is there more to do?
+      if (ctid() == 0) {
+        const bool ok = wait_counter(g.counters, 0, (uint32_t)step, g.ctrl, g.timeout_ns, q0, MK_OP_SAMPLE,
+                                     g.n_layers, step);
+        s.flag = ok && step <= *(volatile int *)&g.ctrl->stop_step;
+      }
+      consumer_sync();
+      if (!s.flag) return;
+    }
+    for (int i = q0; i < q1; ++i) {
+      const int *w = g.instr + i * MK_INSTR_WORDS;
+      const int op = w[MK_I_OP], layer = w[MK_I_LAYER], wait = w[MK_I_WAIT];
+      if (ctid() == 0) {
+        bool ok = true;
+        if (wait >= 0) {
+          const long long req =
+              (long long)g.per_token[wait] * (step + w[MK_I_WAIT_TOKEN_OFFSET]) + w[MK_I_WAIT_COUNT];
+          if (req > 0) ok = wait_counter(g.counters, wait, (uint32_t)req, g.ctrl, g.timeout_ns, i, op, layer, step);
+        }
+        s.flag = ok;
+      }
+      consumer_sync();
+      if (!s.flag) return;
+      const bool sig = run_op(g, s, cur, op, w + MK_I_A0, layer, step);  // ends with the consumers synced
+      if (sig && w[MK_I_SIGNAL] >= 0 && ctid() == 0) signal_counter(g.counters, w[MK_I_SIGNAL]);
+    }
+  }
+}
+
+__global__ void __launch_bounds__(kThreads, 1) megakernel(const __grid_constant__ Globals g) {
+  extern __shared__ __align__(128) uint8_t smem_raw[];
+  Smem &s = *reinterpret_cast<Smem *>(smem_raw);
+  if (threadIdx.x == 0) {
+    for (int i = 0; i < kPages; ++i) {
+      mbar_init(&s.full[i], 1);
+      mbar_init(&s.empty[i], kConsumerWarps);
+    }
+    s.stop = 0;
+    s.producer_done = 0;
+    s.issued = 0;
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+  }
+  __syncthreads();
+  const int q0 = g.queue_start[blockIdx.x], q1 = g.queue_start[blockIdx.x + 1];
+  if (threadIdx.x / 32 == kProducerWarp) {
+    if ((threadIdx.x & 31) == 0) produce(g, s, q0, q1);
+    return;
+  }
+  consume(g, s, q0, q1);
+  // Leave only when every bulk copy into this block's shared memory has landed.
+  if (ctid() == 0) s.stop = 1;
+  while (!s.producer_done) {
+  }
+  consumer_sync();
+  // The last kPages pages issued are the only ones that can still be in flight: each slot's newest page is among them,
+  // and waiting on a page whose phase already completed returns at once.
+  if (ctid() == 0) {
+    const uint32_t issued = s.issued;
+    for (uint32_t p = issued > kPages ? issued - kPages : 0; p < issued; ++p) {
+      while (!mbar_try_wait(&s.full[p % kPages], (p / kPages) & 1)) {
+      }
+    }
+  }
+  consumer_sync();
+}
+
+// --- bandwidth probe: a streaming read of a buffer much larger than L2 --------------------------------------------
+__global__ void read_probe(const uint4 *src, size_t n, unsigned long long *sink) {
+  uint32_t acc = 0;
+  const size_t stride = (size_t)gridDim.x * blockDim.x;
+  size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+  for (; i + 3 * stride < n; i += 4 * stride) {
+    const uint4 a = __ldcs(src + i), b = __ldcs(src + i + stride), c = __ldcs(src + i + 2 * stride),
+                d = __ldcs(src + i + 3 * stride);
+    acc ^= a.x ^ a.y ^ a.z ^ a.w ^ b.x ^ b.y ^ b.z ^ b.w ^ c.x ^ c.y ^ c.z ^ c.w ^ d.x ^ d.y ^ d.z ^ d.w;
+  }
+  for (; i < n; i += stride) {
+    const uint4 a = __ldcs(src + i);
+    acc ^= a.x ^ a.y ^ a.z ^ a.w;
+  }
+  if (acc == 0x12345678u) atomicAdd(sink, 1ull);  // practically never true; keeps the loads
+}
+
+cudaError_t launch_megakernel(const Globals &g, int n_queues, cudaStream_t stream) {
+  static bool configured = false;
+  if (!configured) {
+    const cudaError_t e =
+        cudaFuncSetAttribute(megakernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)kMegakernelSmem);
+    if (e != cudaSuccess) return e;
+    configured = true;
+  }
+  void *args[] = {const_cast<Globals *>(&g)};
+  return cudaLaunchCooperativeKernel((const void *)megakernel, dim3(n_queues), dim3(kThreads), args, kMegakernelSmem,
+                                     stream);
+}
+
+cudaError_t launch_read_probe(const void *src, size_t bytes, unsigned long long *sink, int n_sms,
+                              cudaStream_t stream) {
+  read_probe<<<n_sms * 4, 512, 0, stream>>>(static_cast<const uint4 *>(src), bytes / 16, sink);
+  return cudaGetLastError();
+}
+
+}  // namespace mk

@@ -1,0 +1,26 @@
+// down.cuh — MK_OP_DOWN: one `dim`-wide column chunk of the down projection, added into the residual.
+// Args: a0 = first row, a1 = rows, a2 = chunk c. resid[2L+2][r] += Wd[r, c*dim:(c+1)*dim] . h[c*dim:(c+1)*dim].
+// Chunks of one row run on different SMs, hence the atomic add (OPROJ initialised the accumulator).
+#pragma once
+#include "matvec.cuh"
+
+namespace mk {
+
+struct DownOp {
+  __device__ static int rows(const Globals &, const int *a, int, int) { return a[1]; }
+  __device__ static const bf16 *row(const Globals &g, const int *a, int layer, int k) {
+    return g.layers[layer].wd + (size_t)(a[0] + k) * g.hidden + (size_t)a[2] * g.dim;
+  }
+  __device__ static bool run(const Globals &g, Smem &s, PageCursor &cur, const int *a, int layer, int) {
+    const float *hc = g.h + (size_t)a[2] * g.dim;
+    for (int i = ctid(); i < g.dim; i += kConsumerThreads) s.xs[i] = __ldcg(hc + i);
+    consumer_sync();
+    matvec_rows(s, cur, a[1], g.dim);
+    float *acc = g.resid + (size_t)(2 * layer + 2) * g.dim;
+    for (int k = ctid(); k < a[1]; k += kConsumerThreads) atomicAdd(acc + a[0] + k, s.out[k]);
+    consumer_sync();
+    return true;
+  }
+};
+
+}  // namespace mk

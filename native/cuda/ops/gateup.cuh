@@ -1,0 +1,26 @@
+// gateup.cuh — MK_OP_GATEUP: RMSNorm + gate and up rows + SiLU.
+// Args: a0 = first row, a1 = rows. Virtual rows alternate gate r, up r so that each page holds whole pairs.
+#pragma once
+#include "matvec.cuh"
+
+namespace mk {
+
+struct GateupOp {
+  __device__ static int rows(const Globals &, const int *a, int, int) { return 2 * a[1]; }
+  __device__ static const bf16 *row(const Globals &g, const int *a, int layer, int k) {
+    const LayerW &w = g.layers[layer];
+    return ((k & 1) ? w.wu : w.wg) + (size_t)(a[0] + k / 2) * g.dim;
+  }
+  __device__ static bool run(const Globals &g, Smem &s, PageCursor &cur, const int *a, int layer, int) {
+    rmsnorm_input(g, s, g.resid + (size_t)(2 * layer + 1) * g.dim, nullptr, g.layers[layer].ffn_norm);
+    matvec_rows(s, cur, 2 * a[1], g.dim);
+    for (int k = ctid(); k < a[1]; k += kConsumerThreads) {
+      const float gate = s.out[2 * k], up = s.out[2 * k + 1];
+      g.h[a[0] + k] = gate / (1.f + expf(-gate)) * up;
+    }
+    consumer_sync();
+    return true;
+  }
+};
+
+}  // namespace mk

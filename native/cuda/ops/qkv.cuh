@@ -1,0 +1,62 @@
+// qkv.cuh — MK_OP_QKV: RMSNorm + fused Q/K/V rows + RoPE (llama3 frequencies) + KV-cache append.
+// Args: a0 = first pair, a1 = pairs. Pair p is the two rows head*hd + i and head*hd + i + hd/2 (head = p / (hd/2),
+// i = p % (hd/2)) of the fused [q; k; v] output, the two values RoPE rotates together (HF rotate_half).
+#pragma once
+#include "matvec.cuh"
+
+namespace mk {
+
+struct QkvOp {
+  // Fused output row fr -> its weight row.
+  __device__ static const bf16 *fused_row(const Globals &g, int layer, int fr) {
+    const LayerW &w = g.layers[layer];
+    const int q_rows = g.n_heads * g.hd, kv_rows = g.n_kv * g.hd;
+    if (fr < q_rows) return w.wq + (size_t)fr * g.dim;
+    if (fr < q_rows + kv_rows) return w.wk + (size_t)(fr - q_rows) * g.dim;
+    return w.wv + (size_t)(fr - q_rows - kv_rows) * g.dim;
+  }
+  __device__ static int fused_of(const Globals &g, int pair, int half) {
+    const int half_hd = g.hd / 2;
+    return (pair / half_hd) * g.hd + pair % half_hd + half * half_hd;
+  }
+  __device__ static int rows(const Globals &, const int *a, int, int) { return 2 * a[1]; }
+  __device__ static const bf16 *row(const Globals &g, const int *a, int layer, int k) {
+    return fused_row(g, layer, fused_of(g, a[0] + k / 2, k & 1));
+  }
+
+  __device__ static bool run(const Globals &g, Smem &s, PageCursor &cur, const int *a, int layer, int step) {
+    const float *xf;
+    const bf16 *xb;
+    layer_input(g, layer, step, &xf, &xb);
+    rmsnorm_input(g, s, xf, xb, g.layers[layer].attn_norm);
+    matvec_rows(s, cur, 2 * a[1], g.dim);
+    const int pos = g.start_pos + step;
+    const int q_rows = g.n_heads * g.hd, kv_rows = g.n_kv * g.hd, half_hd = g.hd / 2;
+    for (int k = ctid(); k < a[1]; k += kConsumerThreads) {
+      const int pair = a[0] + k, fr = fused_of(g, pair, 0), i = pair % half_hd;
+      float x1 = s.out[2 * k], x2 = s.out[2 * k + 1];
+      if (fr < q_rows + kv_rows) {  // q and k heads are rotated, v is not
+        float sn, cs;
+        sincosf((float)pos * g.inv_freq[i], &sn, &cs);
+        const float r1 = x1 * cs - x2 * sn, r2 = x2 * cs + x1 * sn;
+        x1 = r1;
+        x2 = r2;
+      }
+      if (fr < q_rows) {
+        g.q[fr] = x1;
+        g.q[fr + half_hd] = x2;
+      } else {
+        const bool is_k = fr < q_rows + kv_rows;
+        const int off = fr - q_rows - (is_k ? 0 : kv_rows), kvh = off / g.hd, d = off % g.hd;
+        bf16 *cache = is_k ? g.kcache : g.vcache;
+        bf16 *dst = cache + (((size_t)layer * g.n_kv + kvh) * g.ctx + pos) * g.hd + d;
+        dst[0] = __float2bfloat16_rn(x1);
+        dst[half_hd] = __float2bfloat16_rn(x2);
+      }
+    }
+    consumer_sync();
+    return true;
+  }
+};
+
+}  // namespace mk

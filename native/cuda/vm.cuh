@@ -1,0 +1,209 @@
+// vm.cuh — the generic core of the megakernel: shared-memory page ring fed by a producer warp through the bulk copy
+// engine (cp.async.bulk + mbarrier), global counters with timeouts, and the shared-memory layout. It knows nothing of
+// Llama: ops (native/cuda/ops/*.cuh) describe their weight rows and their compute; megakernel.cu dispatches opcodes.
+//
+// Roles inside one block (one block per SM):
+//   warp 8 (producer): walks the same instruction queue as the consumers, token after token, and streams each
+//                      instruction's weight rows into pages. Weights never depend on activations, so it runs ahead
+//                      of the consumers across instruction and token boundaries, bounded only by the ring.
+//   warps 0..7 (consumers): wait on counters, compute from the pages, store outputs, signal counters.
+#pragma once
+#include <cuda_bf16.h>
+#include <stdint.h>
+
+namespace mk {
+
+typedef __nv_bfloat16 bf16;
+
+// --- configuration ------------------------------------------------------------------------------------------------
+constexpr int kPageBytes = 16384;                 // one page = 16 KiB = 4 rows of a 2048-wide bf16 matrix
+constexpr int kPages = 12;                        // 192 KiB ring: ~6 µs of one SM's share of HBM bandwidth
+constexpr int kConsumerWarps = 8;
+constexpr int kConsumerThreads = kConsumerWarps * 32;
+constexpr int kThreads = kConsumerThreads + 32;   // + the producer warp
+constexpr int kProducerWarp = kConsumerWarps;
+constexpr int kMaxDim = 4096;                     // widest activation vector (fp32) kept in shared memory
+constexpr int kMaxRows = 1024;                    // most output rows of one instruction (LMHEAD bound)
+constexpr int kGroupsPerPage = kPageBytes / 16 / 32; // warp-sized groups of 16-byte chunks in a page = 32
+constexpr int kCandidates = 64;                   // MK_CUDA_MAX_TOP_K
+static_assert(kPageBytes % 16 == 0, "bulk copies move multiples of 16 bytes");
+static_assert(kThreads == 288, "8 consumer warps + 1 producer warp");
+
+// --- shared memory --------------------------------------------------------------------------------------------------
+struct __align__(128) Smem {
+  uint8_t pages[kPages][kPageBytes];       // the weight ring
+  float xs[kMaxDim];                       // the instruction's input vector (normalised), fp32
+  float out[kMaxRows];                     // per-row results of the instruction's matvec
+  int ids[kMaxRows];                       // scratch ids (sorting, sampling)
+  float red[2][kGroupsPerPage];            // per-page warp partial sums, double-buffered by page parity
+  float scratch[2 * kConsumerWarps * 32];  // reductions, attention partials
+  uint64_t full[kPages];                   // producer -> consumers: page holds its bytes
+  uint64_t empty[kPages];                  // consumers -> producer: page may be overwritten
+  volatile int stop;                       // consumers -> producer: stop issuing (end of launch or abort)
+  volatile int producer_done;              // producer -> consumers: no page will be issued any more
+  volatile uint32_t issued;                // pages issued by the producer
+  int flag;                                // broadcast slot among consumers
+};
+
+// --- PTX helpers: mbarrier + bulk copy ---------------------------------------------------------------------------
+__device__ __forceinline__ uint32_t smem_addr(const void *p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+__device__ __forceinline__ void mbar_init(uint64_t *bar, uint32_t count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_addr(bar)), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_expect_tx(uint64_t *bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_addr(bar)), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint64_t *bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(smem_addr(bar)) : "memory");
+}
+__device__ __forceinline__ bool mbar_try_wait(uint64_t *bar, uint32_t parity) {
+  uint32_t ok;
+  asm volatile(
+      "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}\n"
+      : "=r"(ok)
+      : "r"(smem_addr(bar)), "r"(parity)
+      : "memory");
+  return ok != 0;
+}
+// Bulk copy global -> shared, completing `bytes` of transaction count on `bar`.
+__device__ __forceinline__ void bulk_load(void *dst, const void *src, uint32_t bytes, uint64_t *bar) {
+  asm volatile(
+      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(smem_addr(dst)),
+      "l"(src), "r"(bytes), "r"(smem_addr(bar))
+      : "memory");
+}
+__device__ __forceinline__ void consumer_sync() { asm volatile("bar.sync 1, %0;" ::"n"(kConsumerThreads) : "memory"); }
+
+__device__ __forceinline__ uint64_t global_ns() {
+  uint64_t t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
+__device__ __forceinline__ uint32_t ld_acquire(const uint32_t *p) {
+  uint32_t v;
+  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+
+// --- launch-wide control block (device memory) -------------------------------------------------------------------
+struct Ctrl {
+  int stop_step;        // SAMPLE sets the last step that runs (INT_MAX while running)
+  int abort;            // set on a timeout: every wait gives up
+  int finish;           // mk finish status decided by SAMPLE
+  int err_claimed;      // first timeout claims the error record
+  int err_sm, err_instr, err_op, err_layer, err_counter, err_step;
+  uint32_t err_value, err_required;
+};
+
+// Wait until counters[c] >= required (thread 0 of the consumers), with a timeout that aborts the whole launch and
+// records which instruction was stuck. Returns false when the launch is aborting.
+__device__ inline bool wait_counter(const uint32_t *counters, int c, uint32_t required, Ctrl *ctrl,
+                                    uint64_t timeout_ns, int instr, int op, int layer, int step) {
+  const uint32_t *p = counters + c;
+  if (ld_acquire(p) >= required) return true;
+  uint64_t t0 = global_ns();
+  for (int spin = 0;; ++spin) {
+    if (ld_acquire(p) >= required) return true;
+    if ((spin & 63) == 63) {
+      if (*(volatile int *)&ctrl->abort) return false;
+      if (global_ns() - t0 > timeout_ns) {
+        if (atomicCAS(&ctrl->err_claimed, 0, 1) == 0) {
+          ctrl->err_sm = blockIdx.x;
+          ctrl->err_instr = instr;
+          ctrl->err_op = op;
+          ctrl->err_layer = layer;
+          ctrl->err_counter = c;
+          ctrl->err_step = step;
+          ctrl->err_value = ld_acquire(p);
+          ctrl->err_required = required;
+          __threadfence();
+        }
+        atomicExch(&ctrl->abort, 1);
+        return false;
+      }
+    }
+    __nanosleep(32);
+  }
+}
+
+// Consumers' signal: all their stores are done (caller synced); one thread publishes them and bumps the counter.
+__device__ __forceinline__ void signal_counter(uint32_t *counters, int c) {
+  __threadfence();
+  atomicAdd(counters + c, 1u);
+}
+
+// --- the page stream as the consumers see it ---------------------------------------------------------------------
+struct PageCursor {
+  uint32_t next = 0;  // pages consumed so far (same sequence the producer issues)
+  __device__ __forceinline__ const uint8_t *acquire(Smem &s) {
+    const uint32_t slot = next % kPages, parity = (next / kPages) & 1;
+    while (!mbar_try_wait(&s.full[slot], parity)) {
+    }
+    return s.pages[slot];
+  }
+  // Each consumer warp calls release once per page after its last read of it.
+  __device__ __forceinline__ void release(Smem &s) {
+    __syncwarp();
+    if ((threadIdx.x & 31) == 0) mbar_arrive(&s.empty[next % kPages]);
+    ++next;
+  }
+};
+
+// The producer's side: make room for one more page and issue its copies (lane 0 of the producer warp only).
+struct PageIssuer {
+  uint32_t next = 0;
+  // Returns false when the consumers asked to stop.
+  __device__ __forceinline__ bool begin(Smem &s, uint8_t **page, uint64_t **bar, uint32_t bytes) {
+    const uint32_t slot = next % kPages, round = next / kPages;
+    if (round > 0) {
+      while (!mbar_try_wait(&s.empty[slot], (round - 1) & 1)) {
+        if (s.stop) return false;
+      }
+    }
+    if (s.stop) return false;
+    *page = s.pages[slot];
+    *bar = &s.full[slot];
+    mbar_expect_tx(*bar, bytes);
+    return true;
+  }
+  __device__ __forceinline__ void end(Smem &s) {
+    ++next;
+    s.issued = next;
+  }
+};
+
+// --- math helpers ------------------------------------------------------------------------------------------------
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+// Dot product of 8 bf16 weights (one 16-byte chunk) with 8 fp32 inputs.
+__device__ __forceinline__ float dot8(uint4 w, float4 a, float4 b) {
+  const uint32_t u[4] = {w.x, w.y, w.z, w.w};
+  float lo[4], hi[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    lo[i] = __uint_as_float(u[i] << 16);
+    hi[i] = __uint_as_float(u[i] & 0xffff0000u);
+  }
+  float acc = lo[0] * a.x;
+  acc = fmaf(hi[0], a.y, acc);
+  acc = fmaf(lo[1], a.z, acc);
+  acc = fmaf(hi[1], a.w, acc);
+  acc = fmaf(lo[2], b.x, acc);
+  acc = fmaf(hi[2], b.y, acc);
+  acc = fmaf(lo[3], b.z, acc);
+  acc = fmaf(hi[3], b.w, acc);
+  return acc;
+}
+__device__ __forceinline__ float bf2f(bf16 v) { return __bfloat162float(v); }
+
+}  // namespace mk
