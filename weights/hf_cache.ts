@@ -29,14 +29,14 @@ export function hubCacheDir(): string {
   return join(xdg || join(homedir(), ".cache"), "huggingface", "hub");
 }
 
-/** The cache folder of `repo` ("org/name" → "models--org--name"). */
-export function repoCacheDir(repo: string): string {
-  return join(hubCacheDir(), "models--" + repo.replaceAll("/", "--"));
+/** The folder of `repo` ("org/name" → "models--org--name") in the hub cache `cacheDir`. */
+export function repoCacheDir(repo: string, cacheDir: string = hubCacheDir()): string {
+  return join(cacheDir, "models--" + repo.replaceAll("/", "--"));
 }
 
-/** The lock file guarding the download of blob `etag` of `repo`. */
-export function blobLockPath(repo: string, etag: string): string {
-  return join(hubCacheDir(), ".locks", "models--" + repo.replaceAll("/", "--"), etag + ".lock");
+/** The lock file guarding the download of blob `etag` of `repo` in the hub cache `cacheDir`. */
+export function blobLockPath(repo: string, etag: string, cacheDir: string = hubCacheDir()): string {
+  return join(cacheDir, ".locks", "models--" + repo.replaceAll("/", "--"), etag + ".lock");
 }
 
 /** A commit hash as the hub writes them: 40 lower-case hex digits. */
@@ -128,10 +128,15 @@ export const REQUIRED_FILES = ["config.json", "tokenizer.json", "tokenizer_confi
 
 /**
  * The snapshot folder of `repo` at `revision` when the cache holds everything mkchat needs (config, tokenizer files,
- * all weight files, every link resolving to a blob), else null. Reads only the local cache.
+ * all weight files, every link resolving to a blob), else null. Reads only the local cache (`cacheDir`, by default
+ * the one the environment names).
  */
-export async function findCompleteSnapshot(repo: string, revision: string): Promise<string | null> {
-  const repoDir = repoCacheDir(repo);
+export async function findCompleteSnapshot(
+  repo: string,
+  revision: string,
+  cacheDir: string = hubCacheDir(),
+): Promise<string | null> {
+  const repoDir = repoCacheDir(repo, cacheDir);
   const commit = await readRef(repoDir, revision);
   if (commit === null) return null;
   const dir = join(repoDir, "snapshots", commit);

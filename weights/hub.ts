@@ -26,6 +26,7 @@ import {
   blobLockPath,
   diskError,
   findCompleteSnapshot,
+  hubCacheDir,
   linkSnapshotFile,
   markMissing,
   pathExists,
@@ -48,6 +49,24 @@ export interface PullOptions {
   onProgress?: (p: PullProgress) => void;
   /** Aborts the pull; a partial blob stays as .incomplete and the next pull resumes it. */
   signal?: AbortSignal;
+  /** Settings that replace what the environment says (tests, embedders); see hubSettingsFromEnv. */
+  settings?: Partial<HubSettings>;
+}
+
+/** Everything the pull takes from the environment. */
+export interface HubSettings {
+  /** $HF_ENDPOINT or https://huggingface.co, without a trailing slash. */
+  endpoint: string;
+  /** $HF_TOKEN (undefined when unset or empty). Sent as a bearer token to the endpoint's origin only. */
+  token: string | undefined;
+  /** The hub cache folder (hf_cache.ts hubCacheDir). */
+  cacheDir: string;
+  /** $HF_HUB_OFFLINE is true ("1", "on", "yes", "true"): use the cache only. */
+  offline: boolean;
+  /** $HF_HUB_ETAG_TIMEOUT: seconds to wait for the answer to a HEAD (default 10). */
+  etagTimeoutS: number;
+  /** $HF_HUB_DOWNLOAD_TIMEOUT: seconds (default 10); a transfer with no data for 3× this long is interrupted. */
+  downloadTimeoutS: number;
 }
 
 /** The hub could not be reached or answered 5xx/429: the cache may stand in for it. */
@@ -64,9 +83,7 @@ class EntryMissing extends MkError {
   }
 }
 
-interface Ctx {
-  endpoint: string;
-  token: string | undefined;
+interface Ctx extends HubSettings {
   repo: string;
   repoDir: string;
   signal?: AbortSignal;
@@ -89,9 +106,16 @@ function isTrue(v: string | undefined): boolean {
   return v !== undefined && ["1", "on", "yes", "true"].includes(v.trim().toLowerCase());
 }
 
-/** The hub's base URL: $HF_ENDPOINT or https://huggingface.co, without a trailing slash. */
-export function hubEndpoint(): string {
-  return (Deno.env.get("HF_ENDPOINT") || "https://huggingface.co").replace(/\/+$/, "");
+/** Reads the hub settings from the environment (see HubSettings for each variable). */
+export function hubSettingsFromEnv(): HubSettings {
+  return {
+    endpoint: (Deno.env.get("HF_ENDPOINT") || "https://huggingface.co").replace(/\/+$/, ""),
+    token: Deno.env.get("HF_TOKEN") || undefined,
+    cacheDir: hubCacheDir(),
+    offline: isTrue(Deno.env.get("HF_HUB_OFFLINE")),
+    etagTimeoutS: envSeconds("HF_HUB_ETAG_TIMEOUT", 10),
+    downloadTimeoutS: envSeconds("HF_HUB_DOWNLOAD_TIMEOUT", 10),
+  };
 }
 
 /** The resolve URL of a file, quoted as huggingface_hub quotes it (the revision as one path segment). */
@@ -172,7 +196,7 @@ function httpError(ctx: Ctx, res: Response, file: string, revision: string): MkE
 /** HEAD of a file: its commit, etag, size and the URL to GET. */
 async function headFile(ctx: Ctx, revision: string, file: string): Promise<FileMeta> {
   let url = resolveUrl(ctx.endpoint, ctx.repo, revision, file);
-  const timeout = envSeconds("HF_HUB_ETAG_TIMEOUT", 10);
+  const timeout = ctx.etagTimeoutS;
   for (let hop = 0; hop < 10; hop++) {
     const res = await send(ctx, url, { method: "HEAD", headers: headersFor(ctx, url) }, timeout);
     await res.body?.cancel();
@@ -269,7 +293,7 @@ async function downloadBlob(ctx: Ctx, meta: FileMeta, blob: string, file: string
   let start = await fileSize(partial);
   if (meta.size !== null && start > meta.size) start = 0;
   // A stalled transfer (no byte for this long) is an interruption like a dropped connection.
-  const idleS = envSeconds("HF_HUB_DOWNLOAD_TIMEOUT", 10) * 3;
+  const idleS = ctx.downloadTimeoutS * 3;
   const idle = new AbortController();
   const signal = ctx.signal ? AbortSignal.any([ctx.signal, idle.signal]) : idle.signal;
   let timer = setTimeout(() => idle.abort(), idleS * 1000);
@@ -361,7 +385,7 @@ async function fetchFile(ctx: Ctx, meta: FileMeta, file: string): Promise<void> 
     return;
   }
   if (!(await pathExists(blob))) {
-    const lockPath = blobLockPath(ctx.repo, meta.etag);
+    const lockPath = blobLockPath(ctx.repo, meta.etag, ctx.cacheDir);
     let lock: Deno.FsFile;
     try {
       await Deno.mkdir(join(lockPath, ".."), { recursive: true });
@@ -417,8 +441,8 @@ async function shardsOf(ctx: Ctx, commit: string): Promise<string[]> {
 }
 
 async function pull(ctx: Ctx, revision: string): Promise<string> {
-  const cached = () => findCompleteSnapshot(ctx.repo, revision);
-  if (isTrue(Deno.env.get("HF_HUB_OFFLINE"))) {
+  const cached = () => findCompleteSnapshot(ctx.repo, revision, ctx.cacheDir);
+  if (ctx.offline) {
     const dir = await cached();
     if (dir) return dir;
     throw new MkError(
@@ -453,17 +477,17 @@ async function pull(ctx: Ctx, revision: string): Promise<string> {
 
 /**
  * Pulls the files mkchat needs of hub repo `repo` ("org/name") into the HF cache and returns the snapshot folder.
- * Files already cached (by mkchat or by Python tools) are not downloaded again. Environment: HF_ENDPOINT, HF_TOKEN,
- * HF_HUB_CACHE / HF_HOME, HF_HUB_OFFLINE, HF_HUB_ETAG_TIMEOUT and HF_HUB_DOWNLOAD_TIMEOUT (seconds). Throws
+ * Files already cached (by mkchat or by Python tools) are not downloaded again. Settings come from the environment
+ * (HubSettings), overridable by `opts.settings`. Throws
  * MkError ("hub", "disk", "weights") with one line that never contains the token.
  */
 export async function pullModel(repo: string, opts: PullOptions = {}): Promise<string> {
-  const token = Deno.env.get("HF_TOKEN") || undefined;
+  const settings = { ...hubSettingsFromEnv(), ...opts.settings };
+  const token = settings.token;
   const ctx: Ctx = {
-    endpoint: hubEndpoint(),
-    token,
+    ...settings,
     repo,
-    repoDir: repoCacheDir(repo),
+    repoDir: repoCacheDir(repo, settings.cacheDir),
     signal: opts.signal,
     onProgress: opts.onProgress,
   };

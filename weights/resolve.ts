@@ -7,7 +7,7 @@
  */
 
 import { findCompleteSnapshot } from "./hf_cache.ts";
-import { pullModel, type PullProgress } from "./hub.ts";
+import { type HubSettings, hubSettingsFromEnv, pullModel, type PullProgress } from "./hub.ts";
 import { loadModelFolder, type ModelFiles } from "./model_files.ts";
 import { formatModelRef, type ModelRef } from "./model_ref.ts";
 import { materializeSynthetic } from "./synthetic.ts";
@@ -18,6 +18,10 @@ export interface ResolveOptions {
   onProgress?: (p: PullProgress) => void;
   /** Aborts a pull in progress. */
   signal?: AbortSignal;
+  /** Hub settings replacing the environment's (see hub.ts HubSettings). */
+  hub?: Partial<HubSettings>;
+  /** mkchat's cache folder for synthetic models, replacing the environment's (see synthetic.ts mkchatCacheDir). */
+  cacheDir?: string;
 }
 
 /** Finds, pulls or makes the model `ref` names and loads its folder (see loadModelFolder for what is checked). */
@@ -27,10 +31,16 @@ export async function resolveModel(ref: ModelRef, opts: ResolveOptions = {}): Pr
     case "local":
       return await loadModelFolder(ref.path, id);
     case "synthetic":
-      return await loadModelFolder(await materializeSynthetic(ref.shape, ref.seed), id);
+      return await loadModelFolder(await materializeSynthetic(ref.shape, ref.seed, opts.cacheDir), id);
     case "hub": {
-      const dir = await findCompleteSnapshot(ref.repo, ref.revision) ??
-        await pullModel(ref.repo, { revision: ref.revision, onProgress: opts.onProgress, signal: opts.signal });
+      const settings = { ...hubSettingsFromEnv(), ...opts.hub };
+      const dir = await findCompleteSnapshot(ref.repo, ref.revision, settings.cacheDir) ??
+        await pullModel(ref.repo, {
+          revision: ref.revision,
+          onProgress: opts.onProgress,
+          signal: opts.signal,
+          settings,
+        });
       return await loadModelFolder(dir, id);
     }
   }

@@ -255,18 +255,22 @@ async function isDir(path: string): Promise<boolean> {
 }
 
 /**
- * Returns the folder of synthetic model `shape` with `seed`, writing it first when the cache does not have it.
- * Throws MkError("model") for an unknown shape, MkError("disk") when the cache cannot be written (disk full
- * included); a failed write leaves no folder with the final name.
+ * Returns the folder of synthetic model `shape` with `seed` under `cacheDir` (default: mkchatCacheDir()), writing it
+ * first when the cache does not have it. Throws MkError("model") for an unknown shape, MkError("disk") when the
+ * cache cannot be written (disk full included); a failed write leaves no folder with the final name.
  */
-export async function materializeSynthetic(shape: string, seed: number): Promise<string> {
+export async function materializeSynthetic(
+  shape: string,
+  seed: number,
+  cacheDir: string = mkchatCacheDir(),
+): Promise<string> {
   if (!(SYNTHETIC_SHAPES as readonly string[]).includes(shape)) {
     throw new MkError("model", `unknown synthetic shape "${shape}" (shapes: ${SYNTHETIC_SHAPES.join(", ")})`);
   }
   if (!Number.isInteger(seed) || seed < 0 || seed > 0xffffffff) {
     throw new MkError("model", `bad synthetic seed ${seed}: expected an integer from 0 to 4294967295`);
   }
-  const parent = join(mkchatCacheDir(), "synthetic");
+  const parent = join(cacheDir, "synthetic");
   const final = join(parent, `${shape}@${seed}`);
   if (await isDir(final)) return final;
   const tokDir = await llama3TokenizerDir();
