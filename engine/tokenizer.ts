@@ -73,57 +73,6 @@ async function findTemplate(files: TokenizerFiles): Promise<{ source: string; wh
   }
 }
 
-/** Python's strftime for the few directives chat templates use (%d %b %B %Y %m %H %M %S %A %a %y %j %%). */
-function strftime(date: Date, format: string): string {
-  const months = [
-    "January",
-    "February",
-    "March",
-    "April",
-    "May",
-    "June",
-    "July",
-    "August",
-    "September",
-    "October",
-    "November",
-    "December",
-  ];
-  const days = ["Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday"];
-  const pad = (n: number, w = 2) => String(n).padStart(w, "0");
-  const dayOfYear = Math.floor((date.getTime() - new Date(date.getFullYear(), 0, 1).getTime()) / 86400000) + 1;
-  return format.replace(/%([dbBYmHMSAayj%])/g, (_, c: string) => {
-    switch (c) {
-      case "d":
-        return pad(date.getDate());
-      case "b":
-        return months[date.getMonth()].slice(0, 3);
-      case "B":
-        return months[date.getMonth()];
-      case "Y":
-        return String(date.getFullYear());
-      case "y":
-        return pad(date.getFullYear() % 100);
-      case "m":
-        return pad(date.getMonth() + 1);
-      case "H":
-        return pad(date.getHours());
-      case "M":
-        return pad(date.getMinutes());
-      case "S":
-        return pad(date.getSeconds());
-      case "A":
-        return days[date.getDay()];
-      case "a":
-        return days[date.getDay()].slice(0, 3);
-      case "j":
-        return pad(dayOfYear, 3);
-      default:
-        return "%";
-    }
-  });
-}
-
 /** A model's tokenizer and chat template. */
 export class ChatTokenizer {
   /** Token ids that end a reply: generation_config eos ∪ config eos ∪ tokenizer eos ∪ <|eot_id|>, <|eom_id|>. */
@@ -218,8 +167,10 @@ export class ChatTokenizer {
   }
 
   /**
-   * The chat template's text for `messages`: bos_token, eos_token, add_generation_prompt, strftime_now and
-   * raise_exception are provided; `extra` adds or overrides variables (e.g. a fixed `date_string`).
+   * The chat template's text for `messages`, with bos_token, eos_token and add_generation_prompt; `extra` adds
+   * variables (e.g. a fixed `date_string`). The template engine itself provides `strftime_now` (Llama-3.2 templates
+   * print today's date with it unless `date_string` is given), `raise_exception` (its message becomes the MkError's)
+   * and `range`.
    */
   renderChatText(messages: ChatMessage[], addGenerationPrompt: boolean, extra: Record<string, unknown> = {}): string {
     if (this.#template === null) {
@@ -232,10 +183,6 @@ export class ChatTokenizer {
         bos_token: this.#bosToken,
         eos_token: this.#eosToken,
         add_generation_prompt: addGenerationPrompt,
-        strftime_now: (format: string) => strftime(new Date(), format),
-        raise_exception: (message: string) => {
-          throw new MkError("tokenizer", `chat template (${where}): ${message}`);
-        },
         ...extra,
       });
     } catch (e) {
