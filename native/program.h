@@ -11,7 +11,9 @@
  *     token, so an instruction of token t (0-based within the launch) waits until
  *         counters[wait] >= per_token[wait] * (t + wait_token_offset) + wait_count
  *     (wait_token_offset is 0 for a dependency inside the same token, -1 for one on the previous token; a required
- *     value <= 0 is satisfied at once).
+ *     value <= 0 is satisfied at once);
+ *   - counter 0 is the step counter: SAMPLE signals it once per token (per_token[0] == 1). Before starting token t > 0
+ *     every queue waits for counters[0] >= t and then ends the launch if SAMPLE decided to stop.
  *
  * Layout (all int32 little-endian words):
  *   header   MK_PROG_HEADER_WORDS words (see MK_PH_*)
