@@ -145,8 +145,8 @@ function runSlash(line: string, c: SlashContext): "bye" | "ok" {
         else setSampling(c.sampling, rest[0], rest.slice(1).join(" "));
         return "ok";
       case "/stats": {
-        const figures = c.last ? formatSummary(c.last, c.ceilingGBs) : "no reply yet";
-        err(`${figures} · context ${c.position()}/${c.ctx} in use\n`);
+        err((c.last ? formatSummary(c.last, c.ceilingGBs) : "no reply yet") + "\n");
+        err(`${describeSampling(c.sampling)} · KV cache ${c.position()}/${c.ctx} tokens\n`);
         return "ok";
       }
       default:

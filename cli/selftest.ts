@@ -33,8 +33,12 @@ export interface SelftestOptions {
 
 /** Steps compared against the reference. */
 const CHECK_STEPS = 6;
-/** Allowed relative L2 error of the logits: the CPU interpreter does the reference's fp32 math; the GPU is bf16. */
-const TOLERANCE = { cpu: 1e-4, cuda: 2e-2 } as const;
+/**
+ * Allowed relative L2 error of the logits against the fp32 reference. Both the CPU interpreter and the GPU keep the
+ * KV cache in bf16 (native/program.h), so neither is bit-equal to the reference: bf16 rounding of K and V alone gives
+ * about 1e-3 on the tiny model. A wrong dependency or op gives errors of order 1, far above either bound.
+ */
+const TOLERANCE = { cpu: 5e-3, cuda: 2e-2 } as const;
 /** Decode steps left out of the percentiles (first-step effects: caches, clocks). */
 const WARMUP_STEPS = 2;
 
