@@ -349,14 +349,16 @@ export class Engine {
     streamBuf: ArrayBuffer,
   ): AsyncGenerator<GeneratedToken, GenerateResult> {
     const lib = this.#lib;
-    // room: tokens the cache can still take after the prompt; the last generated token never enters the cache.
+    // room: positions the cache still has after the prompt. The native loop stops with "context" after room + 1
+    // tokens (the last one never enters the cache) and needs arrays of max_tokens entries: room + 2 keeps
+    // "context" distinguishable from "length" without allocating arrays for a maxTokens that cannot be reached.
     const room = this.ctx - this.#position - prompt.length;
     const capacity = Math.max(1, Math.min(sp.maxTokens, room + 2));
     const k = sp.logprobs;
     // Everything the native thread touches lives in these buffers, referenced from this frame until it returns.
     const promptIds = new Int32Array(nativeBuffer(4 * prompt.length), 0, prompt.length);
     promptIds.set(prompt);
-    const spBytes = writeSamplingParams(lib, sp);
+    const spBytes = writeSamplingParams(lib, sp, capacity);
     const tokens = new Int32Array(nativeBuffer(4 * capacity), 0, capacity);
     const tUs = new Float64Array(nativeBuffer(8 * capacity), 0, capacity);
     const logprob = k > 0 ? new Float32Array(nativeBuffer(4 * capacity), 0, capacity) : null;

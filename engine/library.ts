@@ -44,18 +44,35 @@ async function isFile(path: string): Promise<boolean> {
   }
 }
 
+/** Where findLibraryPath() looks after MKCHAT_LIB (the repository's paths unless a test points elsewhere). */
+export interface LibraryLocations {
+  /** The build output. */
+  build: string;
+  /** The prebuilt library. */
+  prebuilt: string;
+  /** Its manifest.json. */
+  manifest: string;
+}
+
+const REPO_LOCATIONS: LibraryLocations = {
+  build: BUILD_LIBRARY_PATH,
+  prebuilt: PREBUILT_LIBRARY_PATH,
+  manifest: PREBUILT_MANIFEST_PATH,
+};
+
 /** Why the prebuilt library cannot be used, or null when it can. */
-async function prebuiltProblem(): Promise<string | null> {
+async function prebuiltProblem(where: LibraryLocations): Promise<string | null> {
   if (Deno.build.os !== "linux" || Deno.build.arch !== "x86_64") return "no prebuilt library for this platform";
-  if (!await isFile(PREBUILT_LIBRARY_PATH)) return "no prebuilt library";
+  if (!await isFile(where.prebuilt)) return `no ${where.prebuilt}`;
   let recorded: unknown;
   try {
-    recorded = JSON.parse(await Deno.readTextFile(PREBUILT_MANIFEST_PATH))?.source_sha256;
+    recorded = JSON.parse(await Deno.readTextFile(where.manifest))?.source_sha256;
   } catch {
-    return `the prebuilt library has no readable ${PREBUILT_MANIFEST_PATH}`;
+    return `the prebuilt library has no readable ${where.manifest}`;
   }
-  const current = await nativeSourceHash();
-  if (recorded !== current) return "the prebuilt library was built from other native sources than this checkout's";
+  if (recorded !== await nativeSourceHash()) {
+    return "the prebuilt library was built from other native sources than this checkout's";
+  }
   return null;
 }
 
@@ -63,19 +80,22 @@ async function prebuiltProblem(): Promise<string | null> {
  * The path of the library to open, by the order in the module comment; throws MkError("native") telling the user to
  * run `deno task build` when there is none.
  */
-export async function findLibraryPath(env: { MKCHAT_LIB?: string } = { MKCHAT_LIB: Deno.env.get("MKCHAT_LIB") }) {
+export async function findLibraryPath(
+  env: { MKCHAT_LIB?: string } = { MKCHAT_LIB: Deno.env.get("MKCHAT_LIB") },
+  where: LibraryLocations = REPO_LOCATIONS,
+): Promise<string> {
   if (env.MKCHAT_LIB) {
     if (!await isFile(env.MKCHAT_LIB)) {
       throw new MkError("native", `MKCHAT_LIB=${env.MKCHAT_LIB}: no such file`);
     }
     return env.MKCHAT_LIB;
   }
-  if (await isFile(BUILD_LIBRARY_PATH)) return BUILD_LIBRARY_PATH;
-  const problem = await prebuiltProblem();
-  if (problem === null) return PREBUILT_LIBRARY_PATH;
+  if (await isFile(where.build)) return where.build;
+  const problem = await prebuiltProblem(where);
+  if (problem === null) return where.prebuilt;
   throw new MkError(
     "native",
-    `native library not found: no ${BUILD_LIBRARY_PATH} (${problem}); run \`deno task build\` or set MKCHAT_LIB`,
+    `native library not found: no ${where.build} (and ${problem}); run \`deno task build\` or set MKCHAT_LIB`,
   );
 }
 
