@@ -217,7 +217,10 @@ async function headFile(ctx: Ctx, revision: string, file: string): Promise<FileM
     }
     if (!/^[\w.-]+$/.test(etag)) throw new MkError("hub", `${url}: unusable ETag ${JSON.stringify(etag)}`);
     const size = sizeText !== null && /^\d+$/.test(sizeText) ? Number(sizeText) : null;
-    return { commit, etag, size, location: location ? new URL(location, url).href : url };
+    // A regular file is fetched from the resolve URL at the commit, so that it is the version the HEAD described
+    // even if the branch moves in between.
+    const atCommit = url.replace(`/resolve/${encodeURIComponent(revision)}/`, `/resolve/${commit}/`);
+    return { commit, etag, size, location: location ? new URL(location, url).href : atCommit };
   }
   throw new MkError("hub", `too many redirects for ${ctx.repo}/${file}`);
 }

@@ -41,7 +41,7 @@ export interface LoggedRequest {
 interface Repo {
   spec: RepoSpec;
   commit: string;
-  files: Map<string, Uint8Array>;
+  files: Map<string, Uint8Array<ArrayBuffer>>;
   lfs: Set<string>;
 }
 
@@ -68,10 +68,10 @@ export class HubServer {
   /** Old repo id → new repo id, answered with a relative redirect. */
   renamed: Record<string, string> = {};
   #repos = new Map<string, Repo>();
-  #blobs = new Map<string, Uint8Array>();
+  #blobs = new Map<string, Uint8Array<ArrayBuffer>>();
   #hub: Deno.HttpServer<Deno.NetAddr>;
   #storage: Deno.HttpServer<Deno.NetAddr>;
-  #timer: number;
+  #timer: ReturnType<typeof setTimeout>;
   #maxRequests: number;
   #closed = false;
 
@@ -82,7 +82,7 @@ export class HubServer {
     this.#hub = Deno.serve(opts, (req) => this.#answer("hub", req));
     this.#storage = Deno.serve(opts, (req) => this.#answer("storage", req));
     this.#timer = setTimeout(() => this.close(), lifetimeMs);
-    Deno.unrefTimer(this.#timer);
+    Deno.unrefTimer(Number(this.#timer)); // never keeps a test process alive
   }
 
   /** Starts both servers with `repos`. */
@@ -92,9 +92,9 @@ export class HubServer {
 
   /** Adds (or replaces) a repo. */
   addRepo(spec: RepoSpec): void {
-    const files = new Map<string, Uint8Array>();
+    const files = new Map<string, Uint8Array<ArrayBuffer>>();
     for (const [name, v] of Object.entries(spec.files)) {
-      files.set(name, typeof v === "string" ? new TextEncoder().encode(v) : v);
+      files.set(name, typeof v === "string" ? new TextEncoder().encode(v) : new Uint8Array(v));
     }
     const lfs = new Set(spec.lfs ?? []);
     for (const name of lfs) this.#blobs.set(sha256Hex(files.get(name)!), files.get(name)!);
