@@ -285,7 +285,7 @@ export function ropeInvFreq(c: ModelConfig): Float64Array {
 }
 
 /** logits (float64) after each token of seq */
-export function referenceForward(m: Model, seq: number[]): Float64Array[] {
+export function referenceForward(m: Model, seq: number[], opts: { bf16Kv?: boolean } = {}): Float64Array[] {
   const c = m.config, W = (n: string) => m.weights.get(n)!;
   const hd = c.headDim, half = hd / 2, qd = c.nHeads * hd, kvd = c.nKvHeads * hd, group = c.nHeads / c.nKvHeads;
   const inv = ropeInvFreq(c);
@@ -326,8 +326,9 @@ export function referenceForward(m: Model, seq: number[]): Float64Array[] {
       const v = matvec(W(p + "self_attn.v_proj.weight"), xb, kvd, c.dim);
       rope(q, c.nHeads, pos);
       rope(k, c.nKvHeads, pos);
-      kc[l].push(k);
-      vc[l].push(v);
+      // the GPU and the CPU interpreter keep the KV cache in bf16: round as they do when asked to
+      kc[l].push(opts.bf16Kv ? k.map((x) => fromBf16(toBf16(x))) : k);
+      vc[l].push(opts.bf16Kv ? v.map((x) => fromBf16(toBf16(x))) : v);
       const att = new Float64Array(qd);
       for (let h = 0; h < c.nHeads; h++) {
         const g = Math.floor(h / group);
