@@ -12,7 +12,6 @@
  * @module
  */
 
-import type { LlamaConfig } from "../weights/config.ts";
 import type { ModelFiles } from "../weights/model_files.ts";
 import { MkError, unwrap } from "./errors.ts";
 import {
@@ -33,6 +32,7 @@ import {
   writeModelConfig,
 } from "./ffi.ts";
 import { loadLibrary } from "./library.ts";
+import { buildProgram } from "./scheduler.ts";
 import { type SamplingParams, writeSamplingParams } from "./sampling.ts";
 
 /** Where the engine runs. */
@@ -84,9 +84,6 @@ export interface EngineOptions {
   timeoutMs?: number;
 }
 
-/** The scheduler's entry point (engine/scheduler.ts), loaded when present. */
-type BuildProgram = (config: LlamaConfig, nQueues: number) => Int32Array;
-
 const FINISH: Record<number, GenerateResult["finish"]> = {
   [Status.FINISH_STOP]: "stop",
   [Status.FINISH_LENGTH]: "length",
@@ -96,18 +93,6 @@ const FINISH: Record<number, GenerateResult["finish"]> = {
 
 /** How often a running generation is polled for new tokens. */
 const POLL_MS = 2;
-
-/** engine/scheduler.ts's buildProgram, or null while that file does not exist (it is written separately). */
-async function findScheduler(): Promise<BuildProgram | null> {
-  const url = new URL("./scheduler.ts", import.meta.url);
-  try {
-    await Deno.stat(url);
-  } catch {
-    return null;
-  }
-  const mod = await import(url.href);
-  return typeof mod.buildProgram === "function" ? mod.buildProgram as BuildProgram : null;
-}
 
 function pickDevice(lib: MkLibrary, wanted: EngineOptions["device"]): { device: Device; note: string | null } {
   const buf = new Uint8Array(nativeBuffer(256), 0, 256);
@@ -218,10 +203,6 @@ export class Engine {
       const name = new Uint8Array(nativeBuffer(256), 0, 256);
       unwrap(lib.symbols.mk_engine_device_info(handle, queues, name, name.length), lib, handle);
       if (device === "cuda" || cpuMode === MK_CPU_INTERPRETER) {
-        const buildProgram = await findScheduler();
-        if (buildProgram === null) {
-          throw new MkError("native", "engine/scheduler.ts (buildProgram) is missing: cannot run the program");
-        }
         const words = buildProgram(cfg, queues[0]);
         unwrap(lib.symbols.mk_engine_set_program(handle, words, words.length), lib, handle);
       }
@@ -278,12 +259,12 @@ export class Engine {
       return null;
     }
     const ids = Int32Array.from(tokens);
-    const ids_native = new Int32Array(nativeBuffer(4 * ids.length), 0, ids.length);
-    ids_native.set(ids);
+    const nativeIds = new Int32Array(nativeBuffer(4 * ids.length), 0, ids.length);
+    nativeIds.set(ids);
     const logits = wantLogits ? new Float32Array(nativeBuffer(4 * this.vocabSize), 0, this.vocabSize) : null;
     const { handle, release } = await this.#acquire();
     try {
-      const status = await this.#lib.symbols.mk_engine_prefill(handle, ids_native, ids_native.length, logits);
+      const status = await this.#lib.symbols.mk_engine_prefill(handle, nativeIds, nativeIds.length, logits);
       this.#position = this.#lib.symbols.mk_engine_position(handle);
       unwrap(status, this.#lib, handle);
       return logits;

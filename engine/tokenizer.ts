@@ -38,8 +38,9 @@ export type TokenizerFiles = Pick<ModelFiles, "dir" | "tokenizerJsonPath" | "tok
   config?: { bosTokenId?: number; eosTokenIds?: number[] };
 };
 
-/** A UTF-8 character is at most 4 bytes, so more pending tokens than this cannot be one partial character. */
-const MAX_PENDING = 4;
+/** A UTF-8 character is at most 4 bytes: a window this long still ending in U+FFFD holds invalid bytes, not a
+ * character waiting for its last byte. */
+const MAX_WINDOW = 16;
 
 /** tokenizer_config.json's special tokens are a string or an AddedToken object `{ content }`. */
 function tokenText(value: unknown): string | null {
@@ -197,36 +198,44 @@ export class ChatTokenizer {
   }
 
   /**
-   * An incremental detokeniser. It decodes a short window of recent ids (the last emitted boundary onwards), emits
-   * only text that became complete, and holds back text ending in U+FFFD (a UTF-8 character split across tokens).
-   * Special tokens are skipped unless `skipSpecial` is false.
+   * An incremental detokeniser. It decodes a short window of ids (the last token of text already complete, then the
+   * tokens after it) and emits the text that became stable: everything but a trailing run of U+FFFD, which is what a
+   * UTF-8 character split across tokens decodes to until its last byte arrives. Each push decodes only the window,
+   * so a reply costs O(n) overall. Special tokens are skipped unless `skipSpecial` is false.
    */
   streamDecoder(opts: { skipSpecial?: boolean } = {}): StreamDecoder {
     const skipSpecial = opts.skipSpecial ?? true;
-    // ids[0, prefixEnd) is context already emitted (kept so decoders that look at neighbours see it);
-    // ids[prefixEnd, …) is not emitted yet.
-    let ids: number[] = [];
-    let prefixEnd = 0;
     const decode = (part: number[]) => this.decode(part, { skipSpecial });
-    const emit = (force: boolean): string => {
-      const pending = ids.length - prefixEnd;
-      if (pending === 0) return "";
-      const before = decode(ids.slice(0, prefixEnd));
-      const all = decode(ids);
-      if (!force && all.endsWith("\uFFFD") && pending < MAX_PENDING) return "";
-      // Keep only the last emitted token as context, so the window stays a few tokens long (none after text that
-      // was forced out incomplete: it must not combine with what follows).
-      ids = all.endsWith("\uFFFD") ? [] : ids.slice(ids.length - 1);
-      prefixEnd = ids.length;
-      return all.startsWith(before) ? all.slice(before.length) : all;
+    let window: number[] = [];
+    let emitted = 0; // characters of decode(window) already returned
+    const step = (force: boolean): string => {
+      if (window.length === 0) return "";
+      const text = decode(window);
+      let stable = text.length;
+      while (!force && stable > 0 && text[stable - 1] === "\uFFFD") stable--;
+      const out = stable > emitted ? text.slice(emitted, stable) : "";
+      emitted = Math.max(emitted, stable);
+      if (force || (stable < text.length && window.length > MAX_WINDOW)) {
+        // flush, or bytes that no token completes (invalid output): give them out as they are and start afresh
+        const rest = text.slice(emitted);
+        window = [];
+        emitted = 0;
+        return out + rest;
+      }
+      if (stable === text.length) {
+        // All complete: keep the last token as context for decoders that look at their left neighbour.
+        window = window.slice(-1);
+        emitted = decode(window).length;
+      }
+      return out;
     };
     return {
       push: (id: number) => {
         if (skipSpecial && this.#specialIds.has(id)) return "";
-        ids.push(id);
-        return emit(false);
+        window.push(id);
+        return step(false);
       },
-      flush: () => emit(true),
+      flush: () => step(true),
     };
   }
 }

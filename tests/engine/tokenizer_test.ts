@@ -151,6 +151,23 @@ Deno.test({
   },
 });
 
+Deno.test({
+  name: "ChatTokenizer.streamDecoder() emits the whole golden set as one stream without a partial character",
+  ignore: golden === null,
+  fn() {
+    const cases = golden!.cases.filter((c) => !c.text.includes("\uFFFD"));
+    const ids = cases.flatMap((c) => c.ids);
+    const dec = tokenizer.streamDecoder({ skipSpecial: false });
+    let out = "";
+    for (const id of ids) {
+      const piece = dec.push(id);
+      assert(!piece.includes("\uFFFD"), `partial character in ${JSON.stringify(piece)}`);
+      out += piece;
+    }
+    assertEquals(out + dec.flush(), tokenizer.decode(ids));
+  },
+});
+
 Deno.test("ChatTokenizer.streamDecoder() skips special tokens by default", () => {
   const ids = tokenizer.encode("Hi there<|eot_id|>");
   const dec = tokenizer.streamDecoder();
