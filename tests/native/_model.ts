@@ -7,7 +7,16 @@
  */
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { cstr, lastError, MK, type ModelConfig, native, packConfig, packEngineParams, type EngineParams } from "./_ffi.ts";
+import {
+  cstr,
+  type EngineParams,
+  lastError,
+  MK,
+  type ModelConfig,
+  native,
+  packConfig,
+  packEngineParams,
+} from "./_ffi.ts";
 
 // ---------------------------------------------------------------------------------------------------------------------
 // bf16 and safetensors
@@ -218,7 +227,11 @@ export class TestEngine {
   }
   static create(config: ModelConfig, params: EngineParams = {}): TestEngine {
     const out = new BigUint64Array(1);
-    const rc = native().mk_engine_create(packConfig(config), packEngineParams({ nThreads: 2, ctxLen: 128, ...params }), out);
+    const rc = native().mk_engine_create(
+      packConfig(config),
+      packEngineParams({ nThreads: 2, ctxLen: 128, ...params }),
+      out,
+    );
     if (rc !== 0) throw new Error(`mk_engine_create: ${rc} ${lastError(null)}`);
     return new TestEngine(Deno.UnsafePointer.create(out[0]), config);
   }
@@ -271,7 +284,8 @@ export function ropeInvFreq(c: ModelConfig): Float64Array {
   const half = c.headDim / 2, inv = new Float64Array(half);
   for (let i = 0; i < half; i++) inv[i] = 1 / Math.pow(c.ropeTheta, (2 * i) / c.headDim);
   if (c.ropeType !== 1) return inv;
-  const lowWav = c.ropeOriginalMaxPosition / c.ropeLowFreqFactor, highWav = c.ropeOriginalMaxPosition / c.ropeHighFreqFactor;
+  const lowWav = c.ropeOriginalMaxPosition / c.ropeLowFreqFactor,
+    highWav = c.ropeOriginalMaxPosition / c.ropeHighFreqFactor;
   for (let i = 0; i < half; i++) {
     const wav = (2 * Math.PI) / inv[i];
     if (wav < highWav) continue;

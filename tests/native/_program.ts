@@ -56,8 +56,14 @@ export function buildTestProgram(c: ModelConfig, o: TestProgramOptions): Int32Ar
   const perToken = new Array(nCounters).fill(0);
   const queues: Instr[][] = Array.from({ length: nQ }, () => []);
   let rr = 0;
-  const stage = (items: Omit<Instr, "signal" | "wait" | "waitCount" | "waitTokenOffset">[], signal: number,
-    wait: number, waitCount: number, waitTokenOffset = 0, signals = items.length) => {
+  const stage = (
+    items: Omit<Instr, "signal" | "wait" | "waitCount" | "waitTokenOffset">[],
+    signal: number,
+    wait: number,
+    waitCount: number,
+    waitTokenOffset = 0,
+    signals = items.length,
+  ) => {
     perToken[signal] += signals;
     for (const it of items) {
       queues[rr % nQ].push({ ...it, signal, wait, waitCount, waitTokenOffset });
@@ -79,7 +85,12 @@ export function buildTestProgram(c: ModelConfig, o: TestProgramOptions): Int32Ar
     for (let g = 0; g < c.nKvHeads; g++) for (let s = 0; s < S; s++) attn.push({ op: OP.ATTN, layer: l, args: [g, s] });
     stage(attn, ctr(l, 1), ctr(l, 0), perToken[ctr(l, 0)], 0, c.nKvHeads);
     // OPROJ
-    stage(pieces(c.dim, nQ).map(([a, n]) => ({ op: OP.OPROJ, layer: l, args: [a, n] })), ctr(l, 2), ctr(l, 1), c.nKvHeads);
+    stage(
+      pieces(c.dim, nQ).map(([a, n]) => ({ op: OP.OPROJ, layer: l, args: [a, n] })),
+      ctr(l, 2),
+      ctr(l, 1),
+      c.nKvHeads,
+    );
     // GATEUP: rows inside one down chunk each
     const gu = [];
     for (let ch = 0; ch < nChunks; ch++) {
@@ -95,8 +106,12 @@ export function buildTestProgram(c: ModelConfig, o: TestProgramOptions): Int32Ar
     }
     stage(dn, ctr(l, 4), ctr(l, 3), perToken[ctr(l, 3)]);
   }
-  stage(lmPieces.map(([a, n], k) => ({ op: OP.LMHEAD, layer: 0, args: [a, n, k] })), LM, ctr(L - 1, 4),
-    perToken[ctr(L - 1, 4)]);
+  stage(
+    lmPieces.map(([a, n], k) => ({ op: OP.LMHEAD, layer: 0, args: [a, n, k] })),
+    LM,
+    ctr(L - 1, 4),
+    perToken[ctr(L - 1, 4)],
+  );
   stage([{ op: OP.SAMPLE, layer: 0, args: [lmPieces.length] }], TOK, LM, lmPieces.length);
 
   const nInstr = queues.reduce((a, q) => a + q.length, 0);

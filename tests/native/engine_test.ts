@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import { existsSync, readdirSync, readFileSync, truncateSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { cstr, lastError, MK, native, packConfig, packEngineParams, packSampling, type Sampling, Stream } from "./_ffi.ts";
+import { lastError, MK, native, packConfig, packEngineParams, packSampling, type Sampling, Stream } from "./_ffi.ts";
 import {
   argmax,
   configFromJson,
@@ -250,7 +250,17 @@ Deno.test("sampling is deterministic for a seed and respects top-k and top-p", a
 });
 
 Deno.test("cancel stops a generation promptly and keeps the engine usable", async (t) => {
-  const cfg = { ...TINY, dim: 256, hiddenDim: 768, nLayers: 4, nHeads: 8, nKvHeads: 4, headDim: 32, vocabSize: 2048, maxPosition: 4096 };
+  const cfg = {
+    ...TINY,
+    dim: 256,
+    hiddenDim: 768,
+    nLayers: 4,
+    nHeads: 8,
+    nKvHeads: 4,
+    headDim: 32,
+    vocabSize: 2048,
+    maxPosition: 4096,
+  };
   const m = syntheticModel(tempDir(), cfg, 3);
   const e = TestEngine.open(cfg, m.file, m.entries, { ctxLen: 4096, nThreads: 1 });
   try {
@@ -276,7 +286,14 @@ Deno.test("cancel stops a generation promptly and keeps the engine usable", asyn
       const st = new Stream(8, 0);
       st.cancel();
       const prompt = new Int32Array(Array.from({ length: 500 }, (_, i) => i % 2000));
-      const rc = native().mk_engine_generate(e.ptr, prompt, 500, packSampling({ maxTokens: 8 }), st.header, st.arraysStruct);
+      const rc = native().mk_engine_generate(
+        e.ptr,
+        prompt,
+        500,
+        packSampling({ maxTokens: 8 }),
+        st.header,
+        st.arraysStruct,
+      );
       assert.equal(rc, MK.FINISH_CANCELLED);
       assert.equal(st.nTokens, 0);
       assert.equal(e.position, st.nPrefill);
@@ -295,7 +312,12 @@ Deno.test("cancel stops a generation promptly and keeps the engine usable", asyn
 Deno.test("bad input gets a clear status and a one-line message naming what is wrong", async (t) => {
   const m = tiny();
   const lib = native();
-  const expectCreate = (cfg: Uint8Array<ArrayBuffer>, params: Uint8Array<ArrayBuffer>, re: RegExp, status: number = MK.ERR_INVALID) => {
+  const expectCreate = (
+    cfg: Uint8Array<ArrayBuffer>,
+    params: Uint8Array<ArrayBuffer>,
+    re: RegExp,
+    status: number = MK.ERR_INVALID,
+  ) => {
     const out = new BigUint64Array(1);
     assert.equal(lib.mk_engine_create(cfg, params, out), status);
     assert.equal(out[0], 0n);
@@ -309,7 +331,10 @@ Deno.test("bad input gets a clear status and a one-line message naming what is w
     expectCreate(packConfig(TINY), packEngineParams({ ctxLen: 64, cpuMode: 7 }), /cpu_mode 7/);
     expectCreate(packConfig(TINY), packEngineParams({ ctxLen: 64, structSize: 8 }), /struct_size 8/);
     expectCreate(packConfig(TINY), packEngineParams({ ctxLen: 64, device: 1 }), /./, MK.ERR_NO_DEVICE);
-    assert.equal(lib.mk_engine_create(null as unknown as Uint8Array<ArrayBuffer>, packEngineParams({}), new BigUint64Array(1)), MK.ERR_INVALID);
+    assert.equal(
+      lib.mk_engine_create(null as unknown as Uint8Array<ArrayBuffer>, packEngineParams({}), new BigUint64Array(1)),
+      MK.ERR_INVALID,
+    );
     assert.equal(lib.mk_engine_load(null), MK.ERR_INVALID);
     assert.match(lastError(null), /engine is NULL/);
     assert.equal(lib.mk_engine_prefill(null, new Int32Array(1), 1, null), MK.ERR_INVALID);
@@ -341,7 +366,10 @@ Deno.test("bad input gets a clear status and a one-line message naming what is w
     try {
       for (const t of m.entries) untied.addTensor(t, m.file);
       assert.equal(lib.mk_engine_load(untied.ptr), MK.ERR_WEIGHTS);
-      assert.match(untied.error, /missing tensor lm_head\.weight \(expected shape \[97, 32\]\) and tie_word_embeddings is false/);
+      assert.match(
+        untied.error,
+        /missing tensor lm_head\.weight \(expected shape \[97, 32\]\) and tie_word_embeddings is false/,
+      );
     } finally {
       untied.close();
     }
@@ -362,7 +390,10 @@ Deno.test("bad input gets a clear status and a one-line message naming what is w
     try {
       for (const t of m2.entries) e2.addTensor(t, m2.file);
       assert.equal(lib.mk_engine_load(e2.ptr), MK.ERR_IO);
-      assert.match(e2.error, /model\.safetensors is truncated: tensor model\.norm\.weight needs bytes \[\d+, \d+\), the file has \d+/);
+      assert.match(
+        e2.error,
+        /model\.safetensors is truncated: tensor model\.norm\.weight needs bytes \[\d+, \d+\), the file has \d+/,
+      );
     } finally {
       e2.close();
     }
@@ -394,10 +425,23 @@ Deno.test("bad input gets a clear status and a one-line message naming what is w
       const v = new DataView(sp.buffer);
       v.setInt32(28, 17, true);
       const st = new Stream(4, 0);
-      assert.equal(lib.mk_engine_generate(e.ptr, new Int32Array([1]), 1, sp, st.header, st.arraysStruct), MK.ERR_INVALID);
+      assert.equal(
+        lib.mk_engine_generate(e.ptr, new Int32Array([1]), 1, sp, st.header, st.arraysStruct),
+        MK.ERR_INVALID,
+      );
       assert.match(e.error, /n_stop_ids 17/);
       const small = new Stream(2, 0);
-      assert.equal(lib.mk_engine_generate(e.ptr, new Int32Array([1]), 1, packSampling({ maxTokens: 4 }), small.header, small.arraysStruct), MK.ERR_INVALID);
+      assert.equal(
+        lib.mk_engine_generate(
+          e.ptr,
+          new Int32Array([1]),
+          1,
+          packSampling({ maxTokens: 4 }),
+          small.header,
+          small.arraysStruct,
+        ),
+        MK.ERR_INVALID,
+      );
       assert.match(e.error, /capacity 2 is below max_tokens 4/);
       assert.equal(e.position, 0);
       // the interpreter needs a program
@@ -422,7 +466,17 @@ Deno.test("bad input gets a clear status and a one-line message naming what is w
 });
 
 Deno.test("mk_measure_read_bandwidth() and the CPU engine's speed on a small model", () => {
-  const cfg = { ...TINY, dim: 512, hiddenDim: 1536, nLayers: 4, nHeads: 8, nKvHeads: 4, headDim: 64, vocabSize: 4096, maxPosition: 1024 };
+  const cfg = {
+    ...TINY,
+    dim: 512,
+    hiddenDim: 1536,
+    nLayers: 4,
+    nHeads: 8,
+    nKvHeads: 4,
+    headDim: 64,
+    vocabSize: 4096,
+    maxPosition: 1024,
+  };
   const m = syntheticModel(tempDir(), cfg, 5);
   const e = TestEngine.open(cfg, m.file, m.entries, { ctxLen: 512, nThreads: 0 });
   try {
@@ -433,11 +487,11 @@ Deno.test("mk_measure_read_bandwidth() and the CPU engine's speed on a small mod
     assert.equal(rc, MK.FINISH_LENGTH);
     const us = st.decodeUs / 63, mb = (m.entries.reduce((a, x) => a + x.nbytes, 0)) / 1e6;
     console.log(
-      `  cpu: read ${gbps[0].toFixed(1)} GB/s; ${mb.toFixed(1)} MB of bf16 weights: prefill ${(st.prefillUs / 1000).toFixed(1)} ms for 8 tokens, decode ${us.toFixed(0)} µs/token (${(1e6 / us).toFixed(0)} tok/s)`,
+      `  cpu: read ${gbps[0].toFixed(1)} GB/s; ${mb.toFixed(1)} MB of bf16 weights: prefill ${
+        (st.prefillUs / 1000).toFixed(1)
+      } ms for 8 tokens, decode ${us.toFixed(0)} µs/token (${(1e6 / us).toFixed(0)} tok/s)`,
     );
   } finally {
     e.close();
   }
 });
-
-void cstr;

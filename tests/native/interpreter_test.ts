@@ -24,8 +24,14 @@ function interpreter(m: Model, cfg: ModelConfig, opts: TestProgramOptions, seed 
 function greedy(e: TestEngine, prompt: number[], n: number): { rc: number; tokens: number[] } {
   native().mk_engine_truncate(e.ptr, 0);
   const st = new Stream(n, 0);
-  const rc = native().mk_engine_generate(e.ptr, new Int32Array(prompt), prompt.length, packSampling({ maxTokens: n }),
-    st.header, st.arraysStruct);
+  const rc = native().mk_engine_generate(
+    e.ptr,
+    new Int32Array(prompt),
+    prompt.length,
+    packSampling({ maxTokens: n }),
+    st.header,
+    st.arraysStruct,
+  );
   return { rc, tokens: st.generated() };
 }
 
@@ -143,8 +149,9 @@ Deno.test("the interpreter catches a program that lacks a dependency", async (t)
           const err = relL2(logits, want[7]);
           const g = greedy(e, SEQ.slice(0, 5), 12);
           if (g.rc < 0) outcomes.push(`error ${e.error}`);
-          else if (err > 1e-4 || g.tokens.join() !== wantGreedy.join()) outcomes.push(`wrong (rel L2 ${err.toFixed(3)})`);
-          else outcomes.push("ok");
+          else if (err > 1e-4 || g.tokens.join() !== wantGreedy.join()) {
+            outcomes.push(`wrong (rel L2 ${err.toFixed(3)})`);
+          } else outcomes.push("ok");
         } finally {
           e.close();
         }
@@ -183,7 +190,14 @@ Deno.test("interpreter sampling equals the reference sampling for a seed", () =>
     const run = (x: TestEngine) => {
       native().mk_engine_truncate(x.ptr, 0);
       const st = new Stream(20, 3);
-      const rc = native().mk_engine_generate(x.ptr, new Int32Array([4, 5, 6]), 3, packSampling(sp), st.header, st.arraysStruct);
+      const rc = native().mk_engine_generate(
+        x.ptr,
+        new Int32Array([4, 5, 6]),
+        3,
+        packSampling(sp),
+        st.header,
+        st.arraysStruct,
+      );
       assert.equal(rc, MK.FINISH_LENGTH, x.error);
       return st;
     };
