@@ -82,68 +82,100 @@ export class PipedLines implements LineSource {
   }
 }
 
-/** Lines typed at a terminal: line editing, history (Up/Down), Ctrl-C clears the line, twice on an empty one exits. */
+/**
+ * Lines typed at a terminal: line editing, history (Up/Down), Ctrl-C clears the line, twice on an empty one exits.
+ *
+ * One readline interface for the whole chat, so that lines pasted or typed ahead are queued rather than lost. While
+ * the caller works on a line (a reply is being generated) the interface is paused and the terminal is in cooked
+ * mode: Ctrl-C then arrives as SIGINT, which cancels the reply, and anything typed waits in the terminal's buffer.
+ */
 export class TerminalLines implements LineSource {
-  #history: string[];
-  #historyFile: string | null;
   static readonly #historyMax = 500;
+  #rl: readline.Interface;
+  #historyFile: string | null;
+  #queue: string[] = [];
+  #closed = false;
+  #wake: (() => void) | null = null;
+  #interrupts = 0;
 
   /** @param historyFile where history persists between sessions, or null to keep it in memory only */
   constructor(historyFile: string | null) {
     this.#historyFile = historyFile;
-    this.#history = historyFile ? loadHistory(historyFile) : [];
-  }
-
-  /**
-   * One line. A fresh readline interface per line: between lines the terminal goes back to cooked mode, so that a
-   * Ctrl-C during the reply arrives as SIGINT (which cancels the reply) instead of as a keystroke nobody reads.
-   */
-  readLine(prompt: string): Promise<string | null> {
-    return new Promise((resolve) => {
-      const rl = readline.createInterface({
-        input: process.stdin,
-        output: process.stdout,
-        terminal: true,
-        history: this.#history,
-        historySize: TerminalLines.#historyMax,
-        removeHistoryDuplicates: true,
-      } as readline.ReadLineOptions);
-      let settled = false;
-      let interrupts = 0;
-      const settle = (v: string | null) => {
-        if (settled) return;
-        settled = true;
-        rl.close();
-        resolve(v);
-      };
-      rl.on("line", (line) => settle(line));
-      rl.on("close", () => settle(null)); // Ctrl-D on an empty line
-      rl.on("SIGINT", () => {
-        const typed = (rl as unknown as { line: string }).line;
-        if (typed !== "") {
-          interrupts = 0;
-          // Clear what was typed, as a shell does.
-          rl.write(null, { ctrl: true, name: "e" });
-          rl.write(null, { ctrl: true, name: "u" });
-          return;
-        }
-        interrupts++;
-        if (interrupts >= 2) {
-          process.stdout.write("\n");
-          settle(null);
-        } else {
-          err("\n(press Ctrl-C again or type /bye to exit)\n");
-          rl.prompt();
-        }
-      });
-      rl.setPrompt(prompt);
-      rl.prompt();
+    this.#rl = readline.createInterface({
+      input: process.stdin,
+      output: process.stdout,
+      terminal: true,
+      history: historyFile ? loadHistory(historyFile) : [],
+      historySize: TerminalLines.#historyMax,
+      removeHistoryDuplicates: true,
+    } as readline.ReadLineOptions);
+    this.#rl.on("line", (line) => {
+      this.#interrupts = 0;
+      this.#queue.push(line);
+      this.#wake?.();
     });
+    // Ctrl-D on an empty line, or the input ended.
+    this.#rl.on("close", () => {
+      this.#closed = true;
+      this.#wake?.();
+    });
+    this.#rl.on("SIGINT", () => this.#onInterrupt());
+    this.#hold();
   }
 
-  /** Save the history (newest first, bounded). */
+  /** One line (a queued one first). */
+  async readLine(prompt: string): Promise<string | null> {
+    if (this.#queue.length > 0) return this.#queue.shift()!;
+    if (this.#closed) return null;
+    setRaw(true);
+    this.#rl.setPrompt(prompt);
+    this.#rl.prompt();
+    await new Promise<void>((resolve) => this.#wake = resolve);
+    this.#wake = null;
+    this.#hold();
+    return this.#queue.shift() ?? null;
+  }
+
+  /** Save the history (newest first, bounded) and let go of the terminal. */
   close(): void {
-    if (this.#historyFile) saveHistory(this.#historyFile, this.#history.slice(0, TerminalLines.#historyMax));
+    const history = (this.#rl as unknown as { history?: string[] }).history ?? [];
+    if (this.#historyFile) saveHistory(this.#historyFile, history.slice(0, TerminalLines.#historyMax));
+    this.#closed = true;
+    this.#rl.close();
+    setRaw(false);
+  }
+
+  // Between prompts: no reading, cooked mode (see the class comment).
+  #hold(): void {
+    this.#rl.pause();
+    setRaw(false);
+  }
+
+  #onInterrupt(): void {
+    const rl = this.#rl as unknown as { line: string };
+    if (rl.line !== "") {
+      // Clear what was typed, as a shell does.
+      this.#interrupts = 0;
+      this.#rl.write(null, { ctrl: true, name: "e" });
+      this.#rl.write(null, { ctrl: true, name: "u" });
+      return;
+    }
+    if (++this.#interrupts >= 2) {
+      process.stdout.write("\n");
+      this.#closed = true;
+      this.#wake?.();
+      return;
+    }
+    err("\n(press Ctrl-C again or type /bye to exit)\n");
+    this.#rl.prompt();
+  }
+}
+
+function setRaw(on: boolean): void {
+  try {
+    if (Deno.stdin.isTerminal()) Deno.stdin.setRaw(on);
+  } catch {
+    // not a terminal after all: nothing to switch
   }
 }
 
