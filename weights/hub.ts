@@ -4,8 +4,8 @@
  *
  * Per file: `HEAD {HF_ENDPOINT}/{repo}/resolve/{revision}/{file}` (Authorization: Bearer $HF_TOKEN when set) gives
  * X-Repo-Commit, the ETag (X-Linked-Etag for LFS files, whose HEAD is a 302 to the storage URL) and the size
- * (X-Linked-Size or Content-Length). Only relative redirects are followed for the HEAD (renamed repos); an absolute
- * Location is where the GET goes. The GET follows redirects itself and sends the token only to the hub's own origin,
+ * (X-Linked-Size or Content-Length). The HEAD follows redirects that stay on the same host (renamed repos); a
+ * Location on another host (the storage) is where the GET goes, and its answer carries the metadata. The GET follows redirects itself and sends the token only to the hub's own origin,
  * never to the storage host. The first HEAD (config.json at the requested revision) fixes the commit; every other
  * file is fetched at that commit, so one pull never mixes two versions of a repo.
  *
@@ -201,8 +201,8 @@ async function headFile(ctx: Ctx, revision: string, file: string): Promise<FileM
     const res = await send(ctx, url, { method: "HEAD", headers: headersFor(ctx, url) }, timeout);
     await res.body?.cancel();
     const location = res.headers.get("location");
-    if (isRedirect(res.status) && location && !/^[a-z][a-z0-9+.-]*:|^\/\//i.test(location)) {
-      url = new URL(location, url).href; // relative: the repo was renamed or moved, ask again there
+    if (isRedirect(res.status) && location && new URL(location, url).hostname === new URL(url).hostname) {
+      url = new URL(location, url).href; // same host: the repo was renamed or moved, ask again there
       continue;
     }
     if (!res.ok && !(isRedirect(res.status) && location)) throw httpError(ctx, res, file, revision);

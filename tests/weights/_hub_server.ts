@@ -1,6 +1,6 @@
 /**
- * A loopback Hugging Face hub for tests: two Deno.serve servers on 127.0.0.1 (port 0), the hub and an LFS-like
- * storage host on another origin, speaking the resolve protocol the way huggingface.co does:
+ * A loopback Hugging Face hub for tests: two Deno.serve servers (port 0), the hub on 127.0.0.1 and an LFS-like
+ * storage host on 127.0.0.2, speaking the resolve protocol the way huggingface.co does:
  *
  *  - HEAD/GET /{org}/{name}/resolve/{revision}/{file}: X-Repo-Commit and a quoted ETag (the git blob sha1) for a
  *    regular file; for an LFS file a 302 to {storage}/blobs/{sha256} with X-Linked-Etag (the sha256) and
@@ -80,7 +80,14 @@ export class HubServer {
     this.#maxRequests = maxRequests;
     const opts = { hostname: "127.0.0.1", port: 0, onListen() {} };
     this.#hub = Deno.serve(opts, (req) => this.#answer("hub", req));
-    this.#storage = Deno.serve(opts, (req) => this.#answer("storage", req));
+    // The storage host must have another host name, as a CDN has (clients compare host names, not ports): on Linux
+    // all of 127/8 is loopback, so 127.0.0.2 is one without any setup; elsewhere fall back to another port.
+    const storage = (req: Request) => this.#answer("storage", req);
+    try {
+      this.#storage = Deno.serve({ ...opts, hostname: "127.0.0.2" }, storage);
+    } catch {
+      this.#storage = Deno.serve(opts, storage);
+    }
     this.#timer = setTimeout(() => this.close(), lifetimeMs);
     Deno.unrefTimer(Number(this.#timer)); // never keeps a test process alive
   }
@@ -111,9 +118,9 @@ export class HubServer {
     return `http://127.0.0.1:${this.#hub.addr.port}`;
   }
 
-  /** The storage host's base URL (another origin than the hub). */
+  /** The storage host's base URL (another host than the hub where the OS allows). */
   get storageUrl(): string {
-    return `http://127.0.0.1:${this.#storage.addr.port}`;
+    return `http://${this.#storage.addr.hostname}:${this.#storage.addr.port}`;
   }
 
   /** Stops both servers (idempotent). */
