@@ -48,21 +48,24 @@ void mk_sampler_free(mk_sampler *s);
 int32_t mk_sample(mk_sampler *s, const float *logits, double lse, float *logprob, int32_t *top_ids, float *top_lp);
 double mk_logsumexp(const float *x, int64_t n);
 
+/* tokens a prefill runs through the reference forward pass at once (each weight row is read once per block) */
+#define MK_BATCH 16
+
 /* ---- the CPU engine state ---------------------------------------------------------------------------------------- */
 typedef struct mk_interp mk_interp;
 
 typedef struct mk_cpu {
   mk_pool *pool;
   float *inv_freq;     /* (hd/2) */
-  /* reference forward pass (cpu_mode == MK_CPU_REFERENCE) */
-  float *x;            /* (dim) residual stream */
-  float *xb;           /* (dim) normed input of a block */
-  float *xb2;          /* (dim) block output before the residual add */
-  float *q;            /* (n_heads*hd) */
-  float *att_out;      /* (n_heads*hd) attention output, heads concatenated */
-  float *att;          /* (n_heads, ctx_len) attention scores */
-  float *hb;           /* (hidden) gate, then silu(gate) * up */
-  float *hb2;          /* (hidden) up */
+  /* reference forward pass (cpu_mode == MK_CPU_REFERENCE); activations for a block of up to MK_BATCH tokens */
+  float *x;            /* (B, dim) residual stream */
+  float *xb;           /* (B, dim) normed input of a block */
+  float *xb2;          /* (B, dim) block output before the residual add */
+  float *q;            /* (B, n_heads*hd) */
+  float *att_out;      /* (B, n_heads*hd) attention output, heads concatenated */
+  float *att;          /* (B, n_heads, ctx_len) attention scores */
+  float *hb;           /* (B, hidden) gate, then silu(gate) * up */
+  float *hb2;          /* (B, hidden) up */
   float *logits;       /* (vocab) */
   float *key_cache;    /* (layer, ctx_len, n_kv*hd) fp32 */
   float *value_cache;  /* (layer, ctx_len, n_kv*hd) fp32 */

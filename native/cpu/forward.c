@@ -47,16 +47,23 @@ void mk_rmsnorm(float *out, const float *x, const uint16_t *weight, int n, float
 // threaded matvecs: each job is split over the pool by rows
 
 typedef struct mk_mv {
-  float *out;          /* (rows) */
+  float *out;          /* (n, out_stride): out[b * out_stride + r] for input b */
   const uint16_t *w;   /* (rows, ld) bf16, the first cols of each row are used */
-  const float *x;      /* (cols) */
+  const float *x;      /* (n, x_stride): input b at x + b * x_stride, cols used */
   int64_t rows, cols, ld;
+  int n;               /* inputs: 1 when decoding, up to MK_BATCH in a prefill */
+  int64_t x_stride, out_stride;
 } mk_mv;
 
 typedef struct { const mk_mv *jobs; int n_jobs; } mv_batch;
 
+/* rows [r0, r1) for every input: each weight row is read from memory once and reused from L1 for the n inputs,
+   which is what makes a batched prefill cheaper per token than decoding */
 static void mv_rows(const mk_mv *j, int64_t r0, int64_t r1) {
-  for (int64_t r = r0; r < r1; r++) j->out[r] = mk_dot_bf16(j->w + r * j->ld, j->x, j->cols);
+  for (int64_t r = r0; r < r1; r++) {
+    const uint16_t *row = j->w + r * j->ld;
+    for (int b = 0; b < j->n; b++) j->out[b * j->out_stride + r] = mk_dot_bf16(row, j->x + b * j->x_stride, j->cols);
+  }
 }
 
 static void mv_worker(void *arg, int i, int n) {
@@ -72,7 +79,7 @@ static void mv_worker(void *arg, int i, int n) {
 
 static void matvecs(mk_pool *pool, const mk_mv *jobs, int n_jobs) {
   int64_t macs = 0;
-  for (int k = 0; k < n_jobs; k++) macs += jobs[k].rows * jobs[k].cols;
+  for (int k = 0; k < n_jobs; k++) macs += jobs[k].rows * jobs[k].cols * jobs[k].n;
   mv_batch b = {jobs, n_jobs};
   if (pool && mk_pool_size(pool) > 1 && macs >= MK_PARALLEL_MIN_MACS) {
     mk_pool_run(pool, mv_worker, &b);
@@ -82,7 +89,7 @@ static void matvecs(mk_pool *pool, const mk_mv *jobs, int n_jobs) {
 }
 
 void mk_matvec(mk_pool *pool, float *out, const uint16_t *w, const float *x, int64_t rows, int64_t cols, int64_t ld) {
-  mk_mv j = {out, w, x, rows, cols, ld};
+  mk_mv j = {out, w, x, rows, cols, ld, 1, cols, rows};
   matvecs(pool, &j, 1);
 }
 
@@ -155,14 +162,15 @@ int mk_cpu_create(mk_engine *e) {
     if (fail) return mk_set_error(e, MK_ERR_OOM, "cpu engine: out of host memory");
     return mk_interp_create(e);
   }
-  s->x = (float *)xcalloc(dim, sizeof(float), &fail);
-  s->xb = (float *)xcalloc(dim, sizeof(float), &fail);
-  s->xb2 = (float *)xcalloc(dim, sizeof(float), &fail);
-  s->q = (float *)xcalloc(qdim, sizeof(float), &fail);
-  s->att_out = (float *)xcalloc(qdim, sizeof(float), &fail);
-  s->att = (float *)xcalloc((size_t)c->n_heads * ctx, sizeof(float), &fail);
-  s->hb = (float *)xcalloc((size_t)c->hidden_dim, sizeof(float), &fail);
-  s->hb2 = (float *)xcalloc((size_t)c->hidden_dim, sizeof(float), &fail);
+  const size_t B = MK_BATCH;
+  s->x = (float *)xcalloc(B * dim, sizeof(float), &fail);
+  s->xb = (float *)xcalloc(B * dim, sizeof(float), &fail);
+  s->xb2 = (float *)xcalloc(B * dim, sizeof(float), &fail);
+  s->q = (float *)xcalloc(B * qdim, sizeof(float), &fail);
+  s->att_out = (float *)xcalloc(B * qdim, sizeof(float), &fail);
+  s->att = (float *)xcalloc(B * (size_t)c->n_heads * ctx, sizeof(float), &fail);
+  s->hb = (float *)xcalloc(B * (size_t)c->hidden_dim, sizeof(float), &fail);
+  s->hb2 = (float *)xcalloc(B * (size_t)c->hidden_dim, sizeof(float), &fail);
   s->logits = (float *)xcalloc((size_t)c->vocab_size, sizeof(float), &fail);
   s->key_cache = (float *)xcalloc((size_t)c->n_layers * ctx * kvdim, sizeof(float), &fail);
   s->value_cache = (float *)xcalloc((size_t)c->n_layers * ctx * kvdim, sizeof(float), &fail);
@@ -191,24 +199,26 @@ void mk_cpu_free(mk_engine *e) {
 typedef struct {
   const mk_engine *e;
   mk_cpu *s;
-  int layer, pos;
+  int layer, pos0, n; /* tokens pos0 .. pos0+n-1; token b attends to positions [0, pos0 + b] */
 } attn_job;
 
-static void attn_heads(void *arg, int i, int n) {
+static void attn_heads(void *arg, int i, int n_workers) {
   const attn_job *j = (const attn_job *)arg;
   const mk_model_config *c = &j->e->cfg;
   mk_cpu *s = j->s;
-  const int hd = c->head_dim, kvdim = c->n_kv_heads * hd, group = c->n_heads / c->n_kv_heads;
+  const int hd = c->head_dim, kvdim = c->n_kv_heads * hd, qdim = c->n_heads * hd, group = c->n_heads / c->n_kv_heads;
   const size_t ctx = (size_t)j->e->params.ctx_len;
   const float scale = 1.0f / sqrtf((float)hd);
   const float *kc = s->key_cache + (size_t)j->layer * ctx * kvdim;   /* (ctx, kvdim) of this layer */
   const float *vc = s->value_cache + (size_t)j->layer * ctx * kvdim; /* (ctx, kvdim) */
-  for (int h = c->n_heads * i / n; h < c->n_heads * (i + 1) / n; h++) {
-    const float *q = s->q + (size_t)h * hd;               /* (hd) */
+  const int items = j->n * c->n_heads;                               /* (token, head) pairs */
+  for (int it = items * i / n_workers; it < items * (i + 1) / n_workers; it++) {
+    const int b = it / c->n_heads, h = it % c->n_heads, pos = j->pos0 + b;
+    const float *q = s->q + (size_t)b * qdim + (size_t)h * hd; /* (hd) */
     const int kvh = h / group;                             /* GQA: query heads [kvh*group, (kvh+1)*group) share kvh */
-    float *att = s->att + (size_t)h * ctx;                 /* (pos + 1) scores */
+    float *att = s->att + (size_t)it * ctx;                /* (pos + 1) scores */
     float m = -INFINITY;
-    for (int t = 0; t <= j->pos; t++) {
+    for (int t = 0; t <= pos; t++) {
       const float *k = kc + (size_t)t * kvdim + (size_t)kvh * hd;
       float dot = 0.0f;
       for (int d = 0; d < hd; d++) dot += q[d] * k[d];
@@ -216,10 +226,10 @@ static void attn_heads(void *arg, int i, int n) {
       if (att[t] > m) m = att[t];
     }
     float sum = 0.0f;
-    for (int t = 0; t <= j->pos; t++) { att[t] = expf(att[t] - m); sum += att[t]; }
-    float *out = s->att_out + (size_t)h * hd;              /* (hd) */
+    for (int t = 0; t <= pos; t++) { att[t] = expf(att[t] - m); sum += att[t]; }
+    float *out = s->att_out + (size_t)b * qdim + (size_t)h * hd; /* (hd) */
     for (int d = 0; d < hd; d++) out[d] = 0.0f;
-    for (int t = 0; t <= j->pos; t++) {
+    for (int t = 0; t <= pos; t++) {
       const float *v = vc + (size_t)t * kvdim + (size_t)kvh * hd;
       const float a = att[t] / sum;
       for (int d = 0; d < hd; d++) out[d] += a * v[d];
@@ -228,63 +238,85 @@ static void attn_heads(void *arg, int i, int n) {
 }
 
 // ---------------------------------------------------------------------------------------------------------------------
-// the forward pass of one token
+// the forward pass of up to MK_BATCH consecutive tokens
 
 /*
- * Run token at position pos: writes layer KV at pos and, when want_logits, s->logits. Returns MK_FINISH_CANCELLED
- * when stream->cancel was seen between layers (the cache at pos is then partial, and pos must not be advanced).
+ * Run tokens[0..n) at positions pos0..pos0+n-1 (n <= MK_BATCH): writes their K and V into the cache and, when
+ * want_logits, s->logits for the LAST token. Decoding is n = 1; a prefill goes MK_BATCH tokens at a time so that each
+ * weight row is streamed from memory once per block instead of once per token. Returns MK_FINISH_CANCELLED when
+ * stream->cancel was seen between layers (the cache at these positions is then partial, and pos must not advance).
  */
-static int forward(mk_engine *e, int32_t token, int pos, int want_logits, const mk_stream *stream) {
+static int forward(mk_engine *e, const int32_t *tokens, int n, int pos0, int want_logits, const mk_stream *stream) {
   const mk_model_config *c = &e->cfg;
   mk_cpu *s = (mk_cpu *)e->cpu;
   const int dim = c->dim, hd = c->head_dim, kvdim = c->n_kv_heads * hd, qdim = c->n_heads * hd;
   const int hidden = c->hidden_dim;
   const size_t ctx = (size_t)e->params.ctx_len;
 
-  /* x (dim) = embedding row of the token */
-  const uint16_t *emb = e->w.embed + (size_t)token * dim;
-  for (int i = 0; i < dim; i++) s->x[i] = mk_bf16_to_f32(emb[i]);
+  /* x (n, dim) = embedding rows of the tokens */
+  for (int b = 0; b < n; b++) {
+    const uint16_t *emb = e->w.embed + (size_t)tokens[b] * dim;
+    for (int i = 0; i < dim; i++) s->x[(size_t)b * dim + i] = mk_bf16_to_f32(emb[i]);
+  }
 
   for (int l = 0; l < c->n_layers; l++) {
     if (stream && mk_cancelled(stream)) return MK_FINISH_CANCELLED;
     const struct mk_layer_weights *w = &e->w.layers[l];
-    float *kc = s->key_cache + ((size_t)l * ctx + pos) * kvdim;   /* (kvdim) at pos */
-    float *vc = s->value_cache + ((size_t)l * ctx + pos) * kvdim; /* (kvdim) at pos */
+    float *kc = s->key_cache + ((size_t)l * ctx + pos0) * kvdim;   /* (n, kvdim) at pos0.. */
+    float *vc = s->value_cache + ((size_t)l * ctx + pos0) * kvdim; /* (n, kvdim) */
 
     /* attention block: xb = rmsnorm(x); q, k, v = xb @ Wq^T, Wk^T, Wv^T; RoPE on q and k */
-    mk_rmsnorm(s->xb, s->x, w->attn_norm, dim, c->rms_eps);
-    mk_mv qkv[3] = {{s->q, w->wq, s->xb, qdim, dim, dim},
-                    {kc, w->wk, s->xb, kvdim, dim, dim},
-                    {vc, w->wv, s->xb, kvdim, dim, dim}};
+    for (int b = 0; b < n; b++) mk_rmsnorm(s->xb + (size_t)b * dim, s->x + (size_t)b * dim, w->attn_norm, dim, c->rms_eps);
+    mk_mv qkv[3] = {{s->q, w->wq, s->xb, qdim, dim, dim, n, dim, qdim},
+                    {kc, w->wk, s->xb, kvdim, dim, dim, n, dim, kvdim},
+                    {vc, w->wv, s->xb, kvdim, dim, dim, n, dim, kvdim}};
     matvecs(s->pool, qkv, 3);
-    for (int h = 0; h < c->n_heads; h++) mk_rope_apply(s->q + (size_t)h * hd, s->inv_freq, hd, pos);
-    for (int h = 0; h < c->n_kv_heads; h++) mk_rope_apply(kc + (size_t)h * hd, s->inv_freq, hd, pos);
+    for (int b = 0; b < n; b++) {
+      for (int h = 0; h < c->n_heads; h++) mk_rope_apply(s->q + (size_t)b * qdim + (size_t)h * hd, s->inv_freq, hd, pos0 + b);
+      for (int h = 0; h < c->n_kv_heads; h++) mk_rope_apply(kc + (size_t)b * kvdim + (size_t)h * hd, s->inv_freq, hd, pos0 + b);
+    }
 
-    /* att_out (qdim) = softmax(q k^T / sqrt(hd)) v over positions [0, pos], per head */
-    attn_job aj = {e, s, l, pos};
-    if ((int64_t)(pos + 1) * qdim >= MK_PARALLEL_MIN_MACS / 4) mk_pool_run(s->pool, attn_heads, &aj);
+    /* att_out (n, qdim) = softmax(q k^T / sqrt(hd)) v, token b over positions [0, pos0 + b], per head */
+    attn_job aj = {e, s, l, pos0, n};
+    if ((int64_t)(pos0 + n) * qdim * n >= MK_PARALLEL_MIN_MACS / 4) mk_pool_run(s->pool, attn_heads, &aj);
     else attn_heads(&aj, 0, 1);
 
     /* x += att_out @ Wo^T */
-    mk_matvec(s->pool, s->xb2, w->wo, s->att_out, dim, qdim, qdim);
-    for (int i = 0; i < dim; i++) s->x[i] += s->xb2[i];
+    mk_mv o = {s->xb2, w->wo, s->att_out, dim, qdim, qdim, n, qdim, dim};
+    matvecs(s->pool, &o, 1);
+    for (size_t i = 0; i < (size_t)n * dim; i++) s->x[i] += s->xb2[i];
 
     /* MLP block: x += (silu(xb @ Wgate^T) * (xb @ Wup^T)) @ Wdown^T with xb = rmsnorm(x) */
-    mk_rmsnorm(s->xb, s->x, w->ffn_norm, dim, c->rms_eps);
-    mk_mv gu[2] = {{s->hb, w->w_gate, s->xb, hidden, dim, dim}, {s->hb2, w->w_up, s->xb, hidden, dim, dim}};
+    for (int b = 0; b < n; b++) mk_rmsnorm(s->xb + (size_t)b * dim, s->x + (size_t)b * dim, w->ffn_norm, dim, c->rms_eps);
+    mk_mv gu[2] = {{s->hb, w->w_gate, s->xb, hidden, dim, dim, n, dim, hidden},
+                   {s->hb2, w->w_up, s->xb, hidden, dim, dim, n, dim, hidden}};
     matvecs(s->pool, gu, 2);
-    for (int i = 0; i < hidden; i++) {
+    for (size_t i = 0; i < (size_t)n * hidden; i++) {
       float g = s->hb[i];
       s->hb[i] = g / (1.0f + expf(-g)) * s->hb2[i];
     }
-    mk_matvec(s->pool, s->xb2, w->w_down, s->hb, dim, hidden, hidden);
-    for (int i = 0; i < dim; i++) s->x[i] += s->xb2[i];
+    mk_mv down = {s->xb2, w->w_down, s->hb, dim, hidden, hidden, n, hidden, dim};
+    matvecs(s->pool, &down, 1);
+    for (size_t i = 0; i < (size_t)n * dim; i++) s->x[i] += s->xb2[i];
   }
 
   if (want_logits) {
-    /* logits (vocab) = rmsnorm(x) @ Wlm^T  (Wlm = embedding when tied) */
-    mk_rmsnorm(s->xb, s->x, e->w.final_norm, dim, c->rms_eps);
+    /* logits (vocab) = rmsnorm(x[last]) @ Wlm^T  (Wlm = embedding when tied) */
+    mk_rmsnorm(s->xb, s->x + (size_t)(n - 1) * dim, e->w.final_norm, dim, c->rms_eps);
     mk_matvec(s->pool, s->logits, e->w.lm_head, s->xb, c->vocab_size, dim, dim);
+  }
+  return MK_OK;
+}
+
+/* tokens[0..n) into the cache from e->pos, MK_BATCH at a time; logits of the last when want_logits. Stops early on
+   cancel (returns MK_FINISH_CANCELLED; e->pos counts the blocks that completed). */
+static int run_tokens(mk_engine *e, const int32_t *tokens, int n, int want_logits, mk_stream *stream) {
+  for (int i = 0; i < n; i += MK_BATCH) {
+    const int nb = n - i < MK_BATCH ? n - i : MK_BATCH;
+    if (forward(e, tokens + i, nb, e->pos, want_logits && i + nb == n, stream) == MK_FINISH_CANCELLED)
+      return MK_FINISH_CANCELLED;
+    e->pos += nb;
+    if (stream) stream->n_prefill += nb;
   }
   return MK_OK;
 }
@@ -295,10 +327,7 @@ static int forward(mk_engine *e, int32_t token, int pos, int want_logits, const 
 int mk_cpu_prefill(mk_engine *e, const int32_t *tokens, int32_t n, float *logits) {
   if (e->params.cpu_mode == MK_CPU_INTERPRETER) return mk_interp_prefill(e, tokens, n, logits);
   mk_cpu *s = (mk_cpu *)e->cpu;
-  for (int32_t i = 0; i < n; i++) {
-    forward(e, tokens[i], e->pos, logits != NULL && i == n - 1, NULL);
-    e->pos++;
-  }
+  run_tokens(e, tokens, n, logits != NULL, NULL);
   if (logits) memcpy(logits, s->logits, (size_t)e->cfg.vocab_size * sizeof(float));
   return MK_OK;
 }
@@ -314,16 +343,8 @@ int mk_cpu_generate(mk_engine *e, const int32_t *prompt, int32_t n_prompt, const
   float top_lp[MK_MAX_LOGPROBS];
 
   /* prompt: every token enters the cache; only the last one's logits are needed. Cancel is honoured between
-     tokens and between layers, so a long prompt stops within one layer's time. */
-  int finish = 0;
-  for (int32_t i = 0; i < n_prompt; i++) {
-    if (forward(e, prompt[i], e->pos, i == n_prompt - 1, stream) == MK_FINISH_CANCELLED) {
-      finish = MK_FINISH_CANCELLED;
-      break;
-    }
-    e->pos++;
-    stream->n_prefill = i + 1;
-  }
+     layers, so a long prompt stops within one layer's time of one block. */
+  int finish = run_tokens(e, prompt, n_prompt, 1, stream) == MK_FINISH_CANCELLED ? MK_FINISH_CANCELLED : 0;
   stream->prefill_us = mk_now_us() - t0;
 
   double t_first = 0.0;
@@ -341,7 +362,7 @@ int mk_cpu_generate(mk_engine *e, const int32_t *prompt, int32_t n_prompt, const
     else if (mk_cancelled(stream)) finish = MK_FINISH_CANCELLED;
     if (finish) break;
 
-    if (forward(e, tok, e->pos, 1, stream) == MK_FINISH_CANCELLED) finish = MK_FINISH_CANCELLED;
+    if (forward(e, &tok, 1, e->pos, 1, stream) == MK_FINISH_CANCELLED) finish = MK_FINISH_CANCELLED;
     else e->pos++;
   }
   mk_sampler_free(&smp);
