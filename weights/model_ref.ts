@@ -15,11 +15,14 @@ import { homedir } from "node:os";
 import { resolve } from "node:path";
 import { MkError } from "./errors.ts";
 
-/** The shapes synthetic models can take: Llama-3.2-1B exactly, or a tiny model with the same tokenizer for tests. */
-export type SyntheticShape = "llama-3.2-1b" | "tiny";
+/**
+ * The shapes synthetic models can take: Llama-3.2-1B exactly; `tiny` for CPU tests; `small`, the smallest the CUDA
+ * megakernel runs (GPU fidelity and compute-sanitizer). All use the Llama-3 tokenizer.
+ */
+export type SyntheticShape = "llama-3.2-1b" | "tiny" | "small";
 
 /** Every synthetic shape, in the order help texts list them. */
-export const SYNTHETIC_SHAPES: readonly SyntheticShape[] = ["llama-3.2-1b", "tiny"];
+export const SYNTHETIC_SHAPES: readonly SyntheticShape[] = ["llama-3.2-1b", "tiny", "small"];
 
 /** What a model reference names. */
 export type ModelRef =

@@ -56,6 +56,9 @@ const SHAPES: Record<SyntheticShape, ShapeDims> = {
   "llama-3.2-1b": { vocab: 128256, hidden: 2048, intermediate: 8192, layers: 16, heads: 32, kvHeads: 8, headDim: 64 },
   // The same tokenizer and rope, with layers small enough for tests (the embedding is still 128256 × 64).
   "tiny": { vocab: 128256, hidden: 64, intermediate: 256, layers: 2, heads: 4, kvHeads: 2, headDim: 16 },
+  // The smallest shape the CUDA megakernel runs (hidden a power of two >= 256, head_dim 64, GQA groups of 4): the
+  // second config of the GPU fidelity check and the one compute-sanitizer runs on.
+  "small": { vocab: 128256, hidden: 512, intermediate: 1536, layers: 4, heads: 8, kvHeads: 2, headDim: 64 },
 };
 
 const EOS_IDS = [128001, 128008, 128009];
