@@ -23,6 +23,7 @@ const { values } = parseArgs({
     prompt: { type: "string", default: "32" },
     steps: { type: "string", default: "128" },
     seed: { type: "string", default: "1234" },
+    "timeout-ms": { type: "string", default: "5000" },
     out: { type: "string" },
   },
 });
@@ -42,6 +43,7 @@ const engine = await Engine.load(files, {
   device: values.device as "cpu" | "cuda",
   ctx: nPrompt + steps + 8,
   cpuMode: values["cpu-mode"] as "reference" | "interpreter",
+  timeoutMs: Number(values["timeout-ms"]),
 });
 const out = new Float32Array(steps * vocab);
 const t0 = performance.now();
