@@ -60,7 +60,8 @@ export class ProgressDisplay {
     const rate = secs > 0.2 ? `${formatBytes(done / secs)}/s` : "";
     const pct = total > 0 ? Math.min(100, Math.floor((done / total) * 100)) : 0;
     const tail = ` ${String(pct).padStart(3)}% ${formatBytes(done)}/${formatBytes(total)} ${rate}`;
-    const name = this.#file.length > 32 ? "…" + this.#file.slice(-31) : this.#file;
+    // Names padded to one width so that the bars of successive files line up.
+    const name = (this.#file.length > 28 ? "…" + this.#file.slice(-27) : this.#file).padEnd(22);
     const barWidth = Math.max(10, Math.min(40, consoleSize().columns - name.length - tail.length - 4));
     const filled = total > 0 ? Math.round((done / total) * barWidth) : 0;
     const bar = "█".repeat(filled) + palette(true).dim("░".repeat(barWidth - filled));

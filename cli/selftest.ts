@@ -36,9 +36,11 @@ const CHECK_STEPS = 6;
 /**
  * Allowed relative L2 error of the logits against the fp32 reference. Both the CPU interpreter and the GPU keep the
  * KV cache in bf16 (native/program.h), so neither is bit-equal to the reference: bf16 rounding of K and V alone gives
- * about 1e-3 on the tiny model. A wrong dependency or op gives errors of order 1, far above either bound.
+ * 8.6e-4 on the tiny model and 8.0e-3 on the Llama-3.2-1B shape (random weights, measured with this command). The
+ * GPU also rounds activations to bf16 between ops, hence more room; its bound is to be set against HF transformers
+ * bf16's own error on the GPU machine (tests/golden/). A wrong dependency or op gives errors of order 1.
  */
-const TOLERANCE = { cpu: 5e-3, cuda: 2e-2 } as const;
+const TOLERANCE = { cpu: 2e-2, cuda: 5e-2 } as const;
 /** Decode steps left out of the percentiles (first-step effects: caches, clocks). */
 const WARMUP_STEPS = 2;
 
@@ -61,18 +63,12 @@ export async function selftestCommand(o: SelftestOptions): Promise<number> {
   const files = await resolveFiles(o.model);
   const tokenizer = await ChatTokenizer.load(files);
   const ctx = Math.min(files.config.maxPosition, Math.max(o.promptTokens + o.genTokens + 8, 64));
-  const engine = await loadEngine(files, {
-    model: o.model,
-    device: o.device,
-    ctx,
-    defaultCtx: ctx,
-    cpuMode: "interpreter",
-    quiet: true,
-  });
+  // The engine chat would use: the megakernel, or on the CPU the reference engine. It is the one that is timed.
+  const engine = await loadEngine(files, { model: o.model, device: o.device, ctx, defaultCtx: ctx, quiet: true });
   try {
     const progress = (s: string) => o.json || !tty.stderr || err(`\r\x1b[2K${s}`);
     progress("checking against the CPU reference…");
-    const check = await checkAgainstReference(engine, files, tokenizer);
+    const check = await checkEngine(engine, files, tokenizer);
     progress("measuring…");
     const m = await measure(engine, files, tokenizer, o.promptTokens, o.genTokens);
     progress("");
@@ -86,7 +82,7 @@ export async function selftestCommand(o: SelftestOptions): Promise<number> {
       check: {
         pass: check.pass,
         reference: "cpu reference engine (fp32 math)",
-        engine: engine.device === "cuda" ? "cuda megakernel" : "cpu interpreter of the instruction program",
+        checked: engine.device === "cuda" ? "cuda megakernel" : "cpu interpreter of the instruction program",
         steps: check.steps,
         rel_l2: check.relL2,
         max_rel_l2: check.maxRelL2,
@@ -95,7 +91,10 @@ export async function selftestCommand(o: SelftestOptions): Promise<number> {
         near_ties: check.nearTies,
         reason: check.reason,
       },
-      measure: m,
+      measure: {
+        timed: engine.device === "cuda" ? "cuda megakernel" : "cpu reference engine",
+        ...m,
+      },
     };
     if (o.json) out(JSON.stringify(report) + "\n");
     else printReport(report, check, m);
@@ -105,37 +104,63 @@ export async function selftestCommand(o: SelftestOptions): Promise<number> {
   }
 }
 
-/** (a) Compare logits and greedy tokens with the CPU reference engine. */
-export async function checkAgainstReference(
+/**
+ * (a) On a GPU, the megakernel against a fresh CPU reference engine; on the CPU, the CPU interpreter of the
+ * instruction program (the GPU's program, run on the CPU) against `engine`, which is the reference.
+ */
+async function checkEngine(engine: Engine, files: ModelFiles, tokenizer: ChatTokenizer): Promise<CheckResult> {
+  const prompt = checkPrompt(tokenizer);
+  const ctx = prompt.length + CHECK_STEPS + 2;
+  if (engine.device === "cuda") {
+    const ref = await Engine.load(files, { device: "cpu", ctx, cpuMode: "reference" });
+    try {
+      return await checkAgainst(engine, ref, prompt, TOLERANCE.cuda);
+    } finally {
+      ref.close();
+    }
+  }
+  const interp = await Engine.load(files, { device: "cpu", ctx, cpuMode: "interpreter" });
+  try {
+    return await checkAgainst(interp, engine, prompt, TOLERANCE.cpu);
+  } finally {
+    interp.close();
+  }
+}
+
+function checkPrompt(tokenizer: ChatTokenizer): number[] {
+  return tokenizer.encode("The quick brown fox jumps over the lazy dog. Once upon a time", { addBos: true });
+}
+
+/**
+ * Compare the logits of `engine` with those of `ref` over CHECK_STEPS steps (both fed the reference's greedy
+ * tokens), then `engine`'s own greedy generation with the reference's tokens. Leaves both engines empty.
+ */
+export async function checkAgainst(
   engine: Engine,
-  files: ModelFiles,
-  tokenizer: ChatTokenizer,
+  ref: Engine,
+  prompt: number[],
+  tolerance: number,
 ): Promise<CheckResult> {
-  const tolerance = engine.device === "cuda" ? TOLERANCE.cuda : TOLERANCE.cpu;
-  const prompt = tokenizer.encode("The quick brown fox jumps over the lazy dog. Once upon a time", { addBos: true });
-  const ref = await Engine.load(files, { device: "cpu", ctx: prompt.length + CHECK_STEPS + 2, cpuMode: "reference" });
   const relL2: number[] = [];
   const referenceTokens: number[] = [];
   const errors: number[] = [];
   const gaps: number[] = [];
-  try {
-    await engine.truncate(0);
-    let feed = prompt;
-    for (let step = 0; step < CHECK_STEPS; step++) {
-      const want = await ref.prefill(feed, true);
-      const got = await engine.prefill(feed, true);
-      if (!want || !got) throw new Error("prefill returned no logits");
-      const d = compare(got, want);
-      relL2.push(d.relL2);
-      errors.push(d.rmsErr);
-      const top = top2(want);
-      gaps.push(top.gap);
-      referenceTokens.push(top.id);
-      feed = [top.id];
-    }
-  } finally {
-    ref.close();
+  await engine.truncate(0);
+  await ref.truncate(0);
+  let feed = prompt;
+  for (let step = 0; step < CHECK_STEPS; step++) {
+    const want = await ref.prefill(feed, true);
+    const got = await engine.prefill(feed, true);
+    if (!want || !got) throw new Error("prefill returned no logits");
+    const d = compare(got, want);
+    relL2.push(d.relL2);
+    errors.push(d.rmsErr);
+    const top = top2(want);
+    gaps.push(top.gap);
+    referenceTokens.push(top.id);
+    feed = [top.id];
   }
+  await ref.truncate(0);
   // The engine's own greedy path (sampling on the device on CUDA) must follow the reference.
   await engine.truncate(0);
   const engineTokens: number[] = [];
@@ -268,29 +293,29 @@ function round(v: number, digits: number): number | null {
 }
 
 function printReport(
-  r: { model_id: string; device: string; device_name: string },
+  r: { model_id: string; device: string; device_name: string; check: { checked: string }; measure: { timed: string } },
   check: CheckResult,
   m: Record<string, number | string | null>,
 ) {
   const c = palette(tty.stdout);
+  const verdict = check.pass ? c.green("PASS") : c.red("FAIL");
+  const ties = check.nearTies ? " (then a near tie)" : "";
   const lines = [
     `mkchat selftest · ${r.model_id} · ${r.device_name} (${r.device})`,
-    `check   ${check.pass ? c.green("PASS") : c.red("FAIL")}  max relative L2 error ${
-      check.maxRelL2.toExponential(2)
-    } ` +
-    `(tolerance ${check.tolerance}) over ${check.steps} steps against the CPU reference; greedy tokens ` +
-    `${check.tokensMatched}/${check.steps}${check.nearTies ? " (then a near tie)" : ""}` +
-    (check.pass ? "" : ` — ${check.reason}`),
-    `decode  ${m.decode_us_p50} µs/token p50 · ${m.decode_us_p90} p90 · ${m.decode_us_p99} p99 · ${m.decode_tok_s} tok/s ` +
-    `(${m.gen_tokens} tokens after a ${m.prompt_tokens}-token prompt, first ${WARMUP_STEPS} steps skipped)`,
+    `check   ${verdict}  ${r.check.checked} vs the CPU reference over ${check.steps} steps: max relative L2 error ` +
+    `${check.maxRelL2.toExponential(2)} (tolerance ${check.tolerance}), greedy tokens ` +
+    `${check.tokensMatched}/${check.steps}${ties}` + (check.pass ? "" : ` — ${check.reason}`),
+    `decode  ${m.decode_us_p50} µs/token p50 · ${m.decode_us_p90} p90 · ${m.decode_us_p99} p99 · ` +
+    `${m.decode_tok_s} tok/s — ${r.measure.timed}, ${m.gen_tokens} greedy tokens after a ${m.prompt_tokens}-token ` +
+    `prompt, first ${WARMUP_STEPS} steps skipped`,
     `TTFT    ${m.ttft_ms} ms (prefill ${m.prefill_tok_s} tok/s)`,
   ];
   if (m.read_bandwidth_gbs !== undefined) {
+    const share = ((m.share_of_ceiling as number) * 100).toFixed(1);
+    const gb = ((m.weight_bytes as number) / 1e9).toFixed(3);
     lines.push(
-      `memory  read ceiling ${m.read_bandwidth_gbs} GB/s (measured now) · floor ${m.floor_us} µs/token for ` +
-        `${((m.weight_bytes as number) / 1e9).toFixed(3)} GB of weights · ${
-          ((m.share_of_ceiling as number) * 100).toFixed(1)
-        }% of the ceiling reached`,
+      `memory  read ceiling ${m.read_bandwidth_gbs} GB/s (measured now) · floor ${m.floor_us} µs/token for ${gb} GB ` +
+        `of weights · ${share}% of the ceiling reached`,
     );
   }
   out(lines.join("\n") + "\n");
