@@ -161,14 +161,17 @@ export async function buildLibrary(opts: BuildOptions): Promise<string> {
   }
   const hash = await nativeSourceHash();
   const march = marchFlag(opts.portable);
-  const cFlags = ["-O3", "-fPIC", "-pthread", "-Wall", ...march, `-DMK_SOURCE_HASH="${hash.slice(0, 16)}"`];
+  // -fvisibility=hidden: the library exports exactly what mkchat.h marks MK_API, nothing internal
+  const cFlags = ["-O3", "-fPIC", "-pthread", "-Wall", "-fvisibility=hidden", ...march, `-DMK_SOURCE_HASH="${hash.slice(0, 16)}"`];
   if (withCuda) cFlags.push("-DMK_WITH_CUDA=1");
   const stampKey = JSON.stringify({ hash, cFlags, withCuda, nvccFlags: withCuda ? NVCC_FLAGS : [] });
-  const stampPath = opts.out + ".stamp";
+  // the stamp lives in native/build/ (ignored by git), never beside a library that is committed
+  const stampPath = join(BUILD_DIR, opts.portable ? "prebuilt.stamp" : "libmkchat.so.stamp");
   if (!opts.force && existsSync(opts.out) && existsSync(stampPath) && (await readFile(stampPath, "utf8")) === stampKey) {
     return `up to date: ${relative(process.cwd(), opts.out)}`;
   }
   await mkdir(join(opts.out, ".."), { recursive: true });
+  await mkdir(BUILD_DIR, { recursive: true });
   const tmp = `${opts.out}.tmp-${process.pid}`;
   const cFiles = await cSources(withCuda);
   if (!withCuda) {
