@@ -9,7 +9,7 @@ import { MkError } from "../../engine/errors.ts";
 import { defaultSampling, type SamplingParams } from "../../engine/sampling.ts";
 import { loadLibrary } from "../../engine/library.ts";
 import { nativeBuffer } from "../../engine/ffi.ts";
-import { tinyModel } from "./_model.ts";
+import { smallModel, tinyModel } from "./_model.ts";
 
 const files = await tinyModel();
 const PROMPT = [128000, 9906, 1917, 11, 1268, 527, 499, 30]; // <|begin_of_text|>Hello world, how are you?
@@ -254,4 +254,39 @@ Deno.test("Engine.load() with cpuMode interpreter installs the scheduler's progr
   const { result } = await drain(engine.generate(PROMPT, greedy(4)));
   assertEquals(result.tokens.length, 4);
   assertEquals(engine.position, PROMPT.length + 3);
+});
+
+Deno.test({
+  name: "Engine.load() with device auto picks CUDA where a usable GPU is, and generate/cancel work there",
+  ignore: !cudaUsable,
+  async fn() {
+    // The megakernel needs a power-of-two hidden size >= 256: the "small" synthetic shape is the least it runs.
+    using engine = await Engine.load(await smallModel(), { device: "auto", ctx: 4096 });
+    assertEquals(engine.device, "cuda");
+    assertEquals(engine.note, null);
+    const { result } = await drain(engine.generate(PROMPT, greedy(16)));
+    assertEquals(result.tokens.length, 16);
+    assertEquals(engine.position, PROMPT.length + 15);
+    await engine.truncate(0);
+    let ticks = 0;
+    const timer = setInterval(() => ticks++, 1);
+    try {
+      const t0 = performance.now();
+      const gen = engine.generate(PROMPT, greedy(100000));
+      let n = 0, cancelledAt = 0, next;
+      while (!(next = await gen.next()).done) {
+        if (++n === 50) {
+          cancelledAt = performance.now();
+          engine.cancel();
+        }
+      }
+      const ms = performance.now() - cancelledAt;
+      assertEquals(next.value.finish, "interrupted");
+      assert(ms < 100, `stopped ${ms.toFixed(1)} ms after cancel()`);
+      const total = performance.now() - t0;
+      assert(ticks >= Math.min(20, total / 3 - 2), `${ticks} timer ticks in ${total.toFixed(1)} ms`);
+    } finally {
+      clearInterval(timer);
+    }
+  },
 });
