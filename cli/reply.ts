@@ -83,15 +83,25 @@ export async function streamReply<R extends GenerateResult>(
 }
 
 /**
+ * SIGINTs closer together than this are one press: `deno task` forwards the terminal's SIGINT to its child, which
+ * has already had it from the terminal, so a single Ctrl-C can arrive twice.
+ */
+const SAME_PRESS_MS = 250;
+
+/**
  * Ctrl-C while a reply runs: the first press asks the engine to stop (it does within one step); a second press,
  * if the engine has not let go yet, exits at once. Returns a function that removes the handler.
  */
 export function cancelOnInterrupt(cancel: () => void): () => void {
-  let pressed = 0;
+  let first = -1;
   const handler = () => {
-    pressed++;
-    if (pressed === 1) cancel();
-    else Deno.exit(130);
+    const now = performance.now();
+    if (first < 0) {
+      first = now;
+      cancel();
+    } else if (now - first > SAME_PRESS_MS) {
+      Deno.exit(130);
+    }
   };
   Deno.addSignalListener("SIGINT", handler);
   return () => Deno.removeSignalListener("SIGINT", handler);

@@ -140,6 +140,8 @@ export class LiveLine {
   begin(): void {
     if (this.#mode === "none" || this.#active) return;
     this.#active = true;
+    // Deno.exit() (a second Ctrl-C) dispatches "unload": give the terminal back even then.
+    globalThis.addEventListener("unload", this.#onUnload);
     this.#lastDraw = 0;
     if (this.#mode === "region") {
       this.#rows = consoleSize().rows;
@@ -164,10 +166,13 @@ export class LiveLine {
     else err(`\r\x1b[2K${text}`);
   }
 
+  #onUnload = () => this.end();
+
   /** Remove the line and give the terminal back as it was. */
   end(): void {
     if (!this.#active) return;
     this.#active = false;
+    globalThis.removeEventListener("unload", this.#onUnload);
     if (this.#mode === "region") err(`\x1b7\x1b[r\x1b[${this.#rows};1H\x1b[2K\x1b8`);
     else err(`\r\x1b[2K`);
   }

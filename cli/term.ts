@@ -6,9 +6,17 @@
 
 const encoder = new TextEncoder();
 
-/** Write all of `text` to stdout now. */
+/**
+ * Write all of `text` to stdout now. When the reader has gone (`mkchat run … | head -1`), stop the way command-line
+ * tools do on SIGPIPE: quietly, status 141.
+ */
 export function out(text: string): void {
-  writeAll(Deno.stdout, text);
+  try {
+    writeAll(Deno.stdout, text);
+  } catch (e) {
+    if (e instanceof Deno.errors.BrokenPipe) Deno.exit(141);
+    throw e;
+  }
 }
 
 /** Write all of `text` to stderr now. */
