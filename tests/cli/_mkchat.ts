@@ -26,7 +26,8 @@ export interface RunOpts {
 /** Run `main.ts` with `args` from the repository root. */
 export async function mkchat(args: string[], opts: RunOpts = {}): Promise<Ran> {
   const cmd = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", "main.ts", ...args],
+    // -q: Deno's own messages (npm "Download …" on a cold cache) are not mkchat's output.
+    args: ["run", "-q", "-A", "main.ts", ...args],
     cwd: ROOT,
     stdin: opts.stdin === undefined ? "null" : "piped",
     stdout: "piped",
@@ -47,9 +48,9 @@ export async function mkchat(args: string[], opts: RunOpts = {}): Promise<Ran> {
   return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
 }
 
-/** The lines of stderr that are mkchat's own (npx/npm may add warnings of their own when deno runs under npx). */
+/** The lines of stderr that are mkchat's own (npm and Deno may add lines of their own on a cold cache). */
 export function errorLines(stderr: string): string[] {
-  return stderr.split("\n").filter((l) => l.trim() !== "" && !l.startsWith("npm warn"));
+  return stderr.split("\n").filter((l) => l.trim() !== "" && !/^(npm warn|Download )/.test(l));
 }
 
 /** Throws unless stderr is exactly one `mkchat: …` line and carries no stack trace. */
