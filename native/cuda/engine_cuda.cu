@@ -63,6 +63,7 @@ struct CudaState {
   mk::LmPart *lm_part = nullptr;
   int n_queues = 0, n_counters = 0, attn_splits = 0, n_lm_parts = 0;
   bool have_program = false;
+  std::vector<int> h_instr, h_queue_start;  // host copies, for MKCHAT_TRACE
   // host stream
   HostStreamMem *hs = nullptr;  // pinned, mapped
   int *h_tokens = nullptr, *h_top_ids = nullptr;
@@ -88,6 +89,9 @@ int check_shape(mk_engine *e) {
   if (c.n_heads % c.n_kv_heads != 0 || c.n_heads / c.n_kv_heads > mk::kConsumerWarps)
     return mk_set_error(e, MK_ERR_INVALID, "CUDA engine: %d heads over %d kv heads: groups of at most %d q heads",
                         c.n_heads, c.n_kv_heads, mk::kConsumerWarps);
+  if ((c.n_heads / c.n_kv_heads) * c.head_dim > mk::kConsumerThreads)
+    return mk_set_error(e, MK_ERR_INVALID, "CUDA engine: %d q heads per kv head x head_dim %d exceeds %d threads",
+                        c.n_heads / c.n_kv_heads, c.head_dim, mk::kConsumerThreads);
   if (c.n_heads * c.head_dim != c.dim)
     return mk_set_error(e, MK_ERR_INVALID, "CUDA engine: heads*head_dim %d must equal hidden_size %d",
                         c.n_heads * c.head_dim, c.dim);
@@ -218,6 +222,28 @@ int run_launch(mk_engine *e, CudaState *st, const mk::Globals &g, Poll poll) {
   return MK_OK;
 }
 
+// One CSV row per instruction of the traced step: queue (SM), index, op, layer, args, and its wait-begin, wait-end
+// and done times in ns from the earliest wait-begin.
+void write_trace(const CudaState *st, const unsigned long long *d_trace, size_t n_instr, int step, const char *path) {
+  std::vector<unsigned long long> tr(3 * n_instr);
+  if (cudaMemcpy(tr.data(), d_trace, sizeof(unsigned long long) * tr.size(), cudaMemcpyDeviceToHost) != cudaSuccess)
+    return;
+  unsigned long long t0 = ~0ull;
+  for (size_t i = 0; i < n_instr; ++i)
+    if (tr[3 * i]) t0 = std::min(t0, tr[3 * i]);
+  FILE *f = fopen(path, "w");
+  if (!f) return;
+  fprintf(f, "queue,instr,op,layer,a0,a1,a2,wait_begin_ns,wait_end_ns,done_ns,step\n");
+  for (int q = 0; q < st->n_queues; ++q) {
+    for (int i = st->h_queue_start[q]; i < st->h_queue_start[q + 1]; ++i) {
+      const int *w = &st->h_instr[(size_t)i * MK_INSTR_WORDS];
+      fprintf(f, "%d,%d,%s,%d,%d,%d,%d,%llu,%llu,%llu,%d\n", q, i, mk_op_name(w[MK_I_OP]), w[MK_I_LAYER], w[MK_I_A0],
+              w[MK_I_A1], w[MK_I_A2], tr[3 * i] - t0, tr[3 * i + 1] - t0, tr[3 * i + 2] - t0, step);
+    }
+  }
+  fclose(f);
+}
+
 }  // namespace
 
 // --- backend.h -------------------------------------------------------------------------------------------------------
@@ -336,6 +362,9 @@ extern "C" int mk_cuda_set_program(mk_engine *e, const int32_t *words, int32_t n
   if (v.n_queues > st->n_sms)
     return mk_set_error(e, MK_ERR_INVALID, "program has %d queues but %s has %d SMs (one block per SM)", v.n_queues,
                         st->name, st->n_sms);
+  if (v.attn_splits > mk::kMaxSplits)
+    return mk_set_error(e, MK_ERR_INVALID, "program has %d attention splits (at most %d on CUDA)", v.attn_splits,
+                        mk::kMaxSplits);
   if (v.down_chunk != e->cfg.dim)
     return mk_set_error(e, MK_ERR_INVALID, "program's DOWN chunk %d must equal hidden_size %d on CUDA", v.down_chunk,
                         e->cfg.dim);
@@ -368,6 +397,8 @@ extern "C" int mk_cuda_set_program(mk_engine *e, const int32_t *words, int32_t n
   CK(e, cudaMalloc(&st->attn_part,
                    sizeof(float) * e->cfg.n_heads * v.attn_splits * (e->cfg.head_dim + 2)));
   CK(e, cudaMalloc(&st->lm_part, sizeof(mk::LmPart) * std::max(1, v.n_lm_parts)));
+  st->h_instr.assign(v.instr, v.instr + (size_t)MK_INSTR_WORDS * v.n_instructions);
+  st->h_queue_start.assign(v.queue_start, v.queue_start + v.n_queues + 1);
   st->n_queues = v.n_queues;
   st->n_counters = v.n_counters;
   st->attn_splits = v.attn_splits;
@@ -436,6 +467,16 @@ extern "C" int mk_cuda_generate(mk_engine *e, const int32_t *prompt, int32_t n_p
   g.lm_from_step = n_prompt - 1;
   g.max_tokens = p->max_tokens;
   fill_sampling(g.sp, p);
+  // MKCHAT_TRACE=<file>: time every instruction of one steady decode step (diagnostics; see tests/gpu/trace_summary.py)
+  const char *trace_path = getenv("MKCHAT_TRACE");
+  unsigned long long *trace = nullptr;
+  const size_t n_instr = st->h_instr.size() / MK_INSTR_WORDS;
+  if (trace_path && *trace_path) {
+    CK(e, cudaMalloc(&trace, sizeof(unsigned long long) * 3 * n_instr));
+    CK(e, cudaMemset(trace, 0, sizeof(unsigned long long) * 3 * n_instr));
+    g.trace = trace;
+    g.trace_step = g.sample_from_step + std::max(1, std::min(p->max_tokens, n_steps - g.sample_from_step) / 2);
+  }
   const int k = p->logprobs;
   int published = 0;
   double first_us = 0.0;
@@ -455,6 +496,10 @@ extern "C" int mk_cuda_generate(mk_engine *e, const int32_t *prompt, int32_t n_p
     if (__atomic_load_n(&stream->cancel, __ATOMIC_ACQUIRE)) __atomic_store_n(&st->hs->cancel, 1, __ATOMIC_RELEASE);
   };
   int rc = run_launch(e, st, g, poll);
+  if (trace) {
+    if (rc == MK_OK) write_trace(st, trace, n_instr, g.trace_step, trace_path);
+    cudaFree(trace);
+  }
   if (rc != MK_OK) return rc;
   mk::Ctrl ctrl;
   CK(e, cudaMemcpy(&ctrl, st->ctrl, sizeof ctrl, cudaMemcpyDeviceToHost));

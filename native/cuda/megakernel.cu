@@ -84,6 +84,8 @@ __device__ static void consume(const Globals &g, Smem &s, int q0, int q1) {
     for (int i = q0; i < q1; ++i) {
       const int *w = g.instr + i * MK_INSTR_WORDS;
       const int op = w[MK_I_OP], layer = w[MK_I_LAYER], wait = w[MK_I_WAIT];
+      const bool tracing = g.trace && step == g.trace_step && ctid() == 0;
+      if (tracing) g.trace[3 * i] = global_ns();
       if (ctid() == 0) {
         bool ok = true;
         if (wait >= 0) {
@@ -95,8 +97,10 @@ __device__ static void consume(const Globals &g, Smem &s, int q0, int q1) {
       }
       consumer_sync();
       if (!s.flag) return;
+      if (tracing) g.trace[3 * i + 1] = global_ns();
       const bool sig = run_op(g, s, cur, op, w + MK_I_A0, layer, step);  // ends with the consumers synced
       if (sig && w[MK_I_SIGNAL] >= 0 && ctid() == 0) signal_counter(g.counters, w[MK_I_SIGNAL]);
+      if (tracing) g.trace[3 * i + 2] = global_ns();
     }
   }
 }

@@ -22,7 +22,7 @@ constexpr int kConsumerWarps = 8;
 constexpr int kConsumerThreads = kConsumerWarps * 32;
 constexpr int kThreads = kConsumerThreads + 32;   // + the producer warp
 constexpr int kProducerWarp = kConsumerWarps;
-constexpr int kMaxDim = 4096;                     // widest activation vector (fp32) kept in shared memory
+constexpr int kMaxDim = 2048;                     // widest activation vector (fp32) kept in shared memory
 constexpr int kMaxRows = 1024;                    // most output rows of one instruction (LMHEAD bound)
 constexpr int kGroupsPerPage = kPageBytes / 16 / 32; // warp-sized groups of 16-byte chunks in a page = 32
 constexpr int kCandidates = 64;                   // MK_CUDA_MAX_TOP_K
@@ -129,9 +129,10 @@ __device__ inline bool wait_counter(const uint32_t *counters, int c, uint32_t re
 }
 
 // Consumers' signal: all their stores are done (caller synced); one thread publishes them and bumps the counter.
+// A release reduction: orders every store the consumers made before their barrier (PTX fences are cumulative), with
+// no full fence on the critical path.
 __device__ __forceinline__ void signal_counter(uint32_t *counters, int c) {
-  __threadfence();
-  atomicAdd(counters + c, 1u);
+  asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(counters + c) : "memory");
 }
 
 // --- the page stream as the consumers see it ---------------------------------------------------------------------

@@ -2,12 +2,18 @@
 // Args: a0 = kv head g, a1 = split s (of g.attn_splits). The split's partial (o unnormalised, m, l) of every q head
 // of the group goes to attn_part; the split that arrives last for (layer, g) merges all partials into attn and is the
 // only one that signals, so ATTN's counter counts kv heads, not splits.
+//
+// Attention sits on the critical path of every layer, so it is written for latency: K and V of up to kTile positions
+// are staged in shared memory with one round of 16-byte loads (the positions of a kv head are contiguous in the
+// cache), every (head, position) score is one thread's 64-wide dot product, and the merge loads all partials at once.
+// Thread (j, d) = (q head of the group, dimension) owns one output element; the host requires G * hd <= 256.
 #pragma once
 #include <math_constants.h>
 #include "matvec.cuh"
 
 namespace mk {
 
+constexpr int kTile = 32;       // positions per staged K/V tile: 2 x 32 x 64 x 2 B = 8 KiB = s.xs
 
 struct AttnOp {
   __device__ static int rows(const Globals &, const int *, int, int) { return 0; }  // streams no weights
@@ -15,92 +21,98 @@ struct AttnOp {
 
   __device__ static bool run(const Globals &g, Smem &s, PageCursor &, const int *a, int layer, int step) {
     const int kvh = a[0], split = a[1], S = g.attn_splits, hd = g.hd;
-    const int G = g.n_heads / g.n_kv, dpl = hd / 32;  // q heads per kv head, dims per lane
+    const int G = g.n_heads / g.n_kv;
     const int n = g.start_pos + step + 1, chunk = (n + S - 1) / S;
     const int lo = min(split * chunk, n), hi = min(lo + chunk, n);
-    const int warp = ctid() >> 5, lane = ctid() & 31;
-    const int wph = kConsumerWarps / G;  // warps per head (the host requires G <= 8)
-    const float scale = rsqrtf((float)hd);
+    const int t = ctid(), j = t / hd, d = t % hd, h = kvh * G + j;
+    const bool owner = j < G;
     const size_t head_base = ((size_t)layer * g.n_kv + kvh) * g.ctx;
-    float *wpart = s.xs;  // [warp][hd + 2] per-warp partials
-    if (warp < wph * G) {
-      const int j = warp / wph, h = kvh * G + j, sub = warp % wph;
-      float q[4], o[4] = {0.f, 0.f, 0.f, 0.f};
-#pragma unroll
-      for (int i = 0; i < 4; ++i) q[i] = i < dpl ? __ldcg(g.q + h * hd + lane * dpl + i) * scale : 0.f;
-      float m = -CUDART_INF_F, l = 0.f;
-      for (int p = lo + sub; p < hi; p += wph) {
-        const bf16 *kp = g.kcache + (head_base + p) * hd + lane * dpl;
-        const bf16 *vp = g.vcache + (head_base + p) * hd + lane * dpl;
-        float sc = 0.f;
-#pragma unroll
-        for (int i = 0; i < 4; ++i)
-          if (i < dpl) sc += q[i] * bf2f(__ldcg(kp + i));
-        sc = warp_sum(sc);
-        const float m_new = fmaxf(m, sc), corr = __expf(m - m_new), e = __expf(sc - m_new);
-        l = l * corr + e;
-#pragma unroll
-        for (int i = 0; i < 4; ++i)
-          if (i < dpl) o[i] = o[i] * corr + e * bf2f(__ldcg(vp + i));
+    uint4 *ktile = reinterpret_cast<uint4 *>(s.xs);         // [kTile][hd/8] 16-byte chunks
+    uint4 *vtile = ktile + kTile * hd / 8;
+    float *q = s.out;                                        // [G][hd], pre-scaled
+    float *sc = reinterpret_cast<float *>(s.ids);            // [G][kTile] scores
+    if (owner) q[j * hd + d] = __ldcg(g.q + h * hd + d) * rsqrtf((float)hd);
+    float m = -CUDART_INF_F, l = 0.f, o = 0.f;
+    for (int p0 = lo; p0 < hi; p0 += kTile) {
+      const int np = min(kTile, hi - p0), chunks = np * hd / 8;
+      if (t < chunks) {
+        ktile[t] = __ldcg(reinterpret_cast<const uint4 *>(g.kcache + (head_base + p0) * hd) + t);
+        vtile[t] = __ldcg(reinterpret_cast<const uint4 *>(g.vcache + (head_base + p0) * hd) + t);
+      }
+      consumer_sync();
+      if (t < G * kTile) {
+        const int sj = t / kTile, sp = t % kTile;
+        float acc = 0.f;
+        if (sp < np) {
+          const uint4 *kr = ktile + sp * hd / 8;
+          const float4 *qr = reinterpret_cast<const float4 *>(q + sj * hd);
+          for (int c = 0; c < hd / 8; ++c) acc += dot8(kr[c], qr[2 * c], qr[2 * c + 1]);
+        }
+        sc[sj * kTile + sp] = sp < np ? acc : -CUDART_INF_F;
+      }
+      consumer_sync();
+      if (owner) {
+        const float *sj = sc + j * kTile;
+        float mt = -CUDART_INF_F;
+        for (int p = 0; p < np; ++p) mt = fmaxf(mt, sj[p]);
+        const float m_new = fmaxf(m, mt), corr = __expf(m - m_new);
+        const bf16 *vt = reinterpret_cast<const bf16 *>(vtile);
+        float lsum = 0.f, osum = 0.f;
+        for (int p = 0; p < np; ++p) {
+          const float e = __expf(sj[p] - m_new);
+          lsum += e;
+          osum = fmaf(e, bf2f(vt[p * hd + d]), osum);
+        }
+        l = l * corr + lsum;
+        o = o * corr + osum;
         m = m_new;
       }
-      float *wp = wpart + warp * (kMaxHeadDim + 2);
-#pragma unroll
-      for (int i = 0; i < 4; ++i)
-        if (i < dpl) wp[lane * dpl + i] = o[i];
-      if (lane == 0) {
-        wp[kMaxHeadDim] = m;
-        wp[kMaxHeadDim + 1] = l;
-      }
+      consumer_sync();
     }
-    consumer_sync();
-    // Combine the warps of each head into the split's partial.
-    for (int idx = ctid(); idx < G * hd; idx += kConsumerThreads) {
-      const int j = idx / hd, d = idx % hd;
-      float M = -CUDART_INF_F;
-      for (int w = j * wph; w < (j + 1) * wph; ++w) M = fmaxf(M, wpart[w * (kMaxHeadDim + 2) + kMaxHeadDim]);
-      float L = 0.f, O = 0.f;
-      if (M != -CUDART_INF_F) {
-        for (int w = j * wph; w < (j + 1) * wph; ++w) {
-          const float *wp = wpart + w * (kMaxHeadDim + 2);
-          if (wp[kMaxHeadDim] == -CUDART_INF_F) continue;
-          const float c = __expf(wp[kMaxHeadDim] - M);
-          L += wp[kMaxHeadDim + 1] * c;
-          O += wp[d] * c;
-        }
-      }
-      float *part = g.attn_part + ((size_t)(kvh * G + j) * S + split) * (hd + 2);
-      part[d] = O;
+    if (owner) {
+      float *part = g.attn_part + ((size_t)h * S + split) * (hd + 2);
+      part[d] = o;
       if (d == 0) {
-        part[hd] = M;
-        part[hd + 1] = L;
+        part[hd] = m;
+        part[hd + 1] = l;
       }
     }
     consumer_sync();
-    if (ctid() == 0) {
-      __threadfence();
-      const uint32_t old = atomicAdd(g.attn_arrive + layer * g.n_kv + kvh, 1u);
+    if (t == 0) {
+      uint32_t old;
+      asm volatile("atom.add.acq_rel.gpu.global.u32 %0, [%1], 1;"
+                   : "=r"(old)
+                   : "l"(g.attn_arrive + layer * g.n_kv + kvh)
+                   : "memory");
       s.flag = ((old + 1) % (uint32_t)S) == 0;
     }
     consumer_sync();
     const bool last = s.flag;
-    if (last) {
-      __threadfence();
-      for (int idx = ctid(); idx < G * hd; idx += kConsumerThreads) {
-        const int j = idx / hd, d = idx % hd, h = kvh * G + j;
-        const float *base = g.attn_part + (size_t)h * S * (hd + 2);
-        float M = -CUDART_INF_F;
-        for (int sp = 0; sp < S; ++sp) M = fmaxf(M, __ldcg(base + sp * (hd + 2) + hd));
-        float L = 0.f, O = 0.f;
-        for (int sp = 0; sp < S; ++sp) {
-          const float ms = __ldcg(base + sp * (hd + 2) + hd);
-          if (ms == -CUDART_INF_F) continue;
-          const float c = __expf(ms - M);
-          L += __ldcg(base + sp * (hd + 2) + hd + 1) * c;
-          O += __ldcg(base + sp * (hd + 2) + d) * c;
+    if (last && owner) {
+      const float *base = g.attn_part + (size_t)h * S * (hd + 2);
+      float ms[kMaxSplits], ls[kMaxSplits], os[kMaxSplits];
+#pragma unroll
+      for (int sp = 0; sp < kMaxSplits; ++sp) {
+        if (sp < S) {
+          ms[sp] = __ldcg(base + sp * (hd + 2) + hd);
+          ls[sp] = __ldcg(base + sp * (hd + 2) + hd + 1);
+          os[sp] = __ldcg(base + sp * (hd + 2) + d);
         }
-        g.attn[h * hd + d] = O / L;
       }
+      float M = -CUDART_INF_F;
+#pragma unroll
+      for (int sp = 0; sp < kMaxSplits; ++sp)
+        if (sp < S) M = fmaxf(M, ms[sp]);
+      float L = 0.f, O = 0.f;
+#pragma unroll
+      for (int sp = 0; sp < kMaxSplits; ++sp) {
+        if (sp < S && ms[sp] != -CUDART_INF_F) {
+          const float c = __expf(ms[sp] - M);
+          L += ls[sp] * c;
+          O += os[sp] * c;
+        }
+      }
+      g.attn[h * hd + d] = O / L;
     }
     consumer_sync();
     return last;

@@ -12,9 +12,7 @@ struct DownOp {
     return g.layers[layer].wd + (size_t)(a[0] + k) * g.hidden + (size_t)a[2] * g.dim;
   }
   __device__ static bool run(const Globals &g, Smem &s, PageCursor &cur, const int *a, int layer, int) {
-    const float *hc = g.h + (size_t)a[2] * g.dim;
-    for (int i = ctid(); i < g.dim; i += kConsumerThreads) s.xs[i] = __ldcg(hc + i);
-    consumer_sync();
+    stage_vector(g, s, g.h + (size_t)a[2] * g.dim);
     matvec_rows(s, cur, a[1], g.dim);
     float *acc = g.resid + (size_t)(2 * layer + 2) * g.dim;
     for (int k = ctid(); k < a[1]; k += kConsumerThreads) atomicAdd(acc + a[0] + k, s.out[k]);

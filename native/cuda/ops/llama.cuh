@@ -6,7 +6,8 @@
 
 namespace mk {
 
-constexpr int kMaxHeadDim = 128;  // widest attention head the ATTN op handles (4 dims per lane)
+constexpr int kMaxHeadDim = 128;  // widest attention head the ATTN op handles
+constexpr int kMaxSplits = 16;    // attention splits per kv head (ATTN's merge keeps each split's partial in registers)
 
 struct LayerW {
   const bf16 *attn_norm;    // (dim)
@@ -90,6 +91,9 @@ struct Globals {
   int max_tokens;
   SampleParams sp;
   unsigned long long timeout_ns;
+  // optional per-instruction timing of one step (MKCHAT_TRACE): [n_instr][3] = wait begin, wait end, done (ns)
+  unsigned long long *trace;
+  int trace_step;
 };
 
 // --- helpers shared by the ops -----------------------------------------------------------------------------------
@@ -107,18 +111,57 @@ __device__ inline float block_sum(Smem &s, float v) {
   return r;
 }
 
-// xs = x * rsqrt(mean(x^2) + eps) * weight, with x = layer input (embedding row of the step's token for layer 0).
+// Thread t owns elements [8t, 8t+8) of a dim-vector (dim <= 2048 = 8 x 256): one 16-byte or two 32-byte loads per
+// thread, all issued before any is used, so staging a vector costs one L2 round trip rather than eight.
+__device__ __forceinline__ void load8(const float *src, float v[8]) {
+  const float4 a = __ldcg(reinterpret_cast<const float4 *>(src)), b = __ldcg(reinterpret_cast<const float4 *>(src) + 1);
+  v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w; v[4] = b.x; v[5] = b.y; v[6] = b.z; v[7] = b.w;
+}
+__device__ __forceinline__ void load8(const bf16 *src, float v[8]) {
+  const uint4 u = *reinterpret_cast<const uint4 *>(src);
+  const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    v[2 * i] = __uint_as_float(w[i] << 16);
+    v[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+  }
+}
+__device__ __forceinline__ void store8(float *dst, const float v[8]) {
+  reinterpret_cast<float4 *>(dst)[0] = make_float4(v[0], v[1], v[2], v[3]);
+  reinterpret_cast<float4 *>(dst)[1] = make_float4(v[4], v[5], v[6], v[7]);
+}
+
+// s.xs = src (fp32, written by other SMs: read through L2).
+__device__ inline void stage_vector(const Globals &g, Smem &s, const float *src) {
+  const int t = ctid();
+  if (8 * t < g.dim) {
+    float v[8];
+    load8(src + 8 * t, v);
+    store8(s.xs + 8 * t, v);
+  }
+  consumer_sync();
+}
+
+// s.xs = x * rsqrt(mean(x^2) + eps) * weight, x = layer input (fp32 from L2, or a bf16 embedding row).
 __device__ inline void rmsnorm_input(const Globals &g, Smem &s, const float *x_f32, const bf16 *x_bf16,
                                      const bf16 *weight) {
-  float ss = 0.f;
-  for (int i = ctid(); i < g.dim; i += kConsumerThreads) {
-    const float v = x_bf16 ? bf2f(x_bf16[i]) : __ldcg(x_f32 + i);
-    s.xs[i] = v;
-    ss += v * v;
+  const int t = ctid();
+  const bool mine = 8 * t < g.dim;
+  float v[8], w[8], ss = 0.f;
+  if (mine) {
+    if (x_bf16) load8(x_bf16 + 8 * t, v);
+    else load8(x_f32 + 8 * t, v);
+    load8(weight + 8 * t, w);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) ss += v[i] * v[i];
   }
   ss = block_sum(s, ss);
   const float inv = rsqrtf(ss / g.dim + g.eps);
-  for (int i = ctid(); i < g.dim; i += kConsumerThreads) s.xs[i] = s.xs[i] * inv * bf2f(weight[i]);
+  if (mine) {
+#pragma unroll
+    for (int i = 0; i < 8; ++i) v[i] = v[i] * inv * w[i];
+    store8(s.xs + 8 * t, v);
+  }
   consumer_sync();
 }
 

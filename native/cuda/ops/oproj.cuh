@@ -12,8 +12,7 @@ struct OprojOp {
     return g.layers[layer].wo + (size_t)(a[0] + k) * g.dim;
   }
   __device__ static bool run(const Globals &g, Smem &s, PageCursor &cur, const int *a, int layer, int step) {
-    for (int i = ctid(); i < g.dim; i += kConsumerThreads) s.xs[i] = __ldcg(g.attn + i);
-    consumer_sync();
+    stage_vector(g, s, g.attn);
     matvec_rows(s, cur, a[1], g.dim);
     const float *xf;
     const bf16 *xb;

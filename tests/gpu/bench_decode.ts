@@ -1,0 +1,63 @@
+/**
+ * Decode latency of an engine without the CLI around it: the streaming-read ceiling, then a prompt and greedy tokens
+ * (no stop ids), per-step µs from the device clock. Used on the GPU machine next to `main.ts selftest`.
+ *
+ *   deno run -A tests/gpu/bench_decode.ts --model synthetic:llama-3.2-1b --device cuda --prompt 32 --gen 128
+ *
+ * @module
+ */
+import { parseArgs } from "node:util";
+import { Engine } from "../../engine/engine.ts";
+import { parseModelRef } from "../../weights/model_ref.ts";
+import { resolveModel } from "../../weights/resolve.ts";
+
+const { values } = parseArgs({
+  options: {
+    model: { type: "string", default: "synthetic:llama-3.2-1b" },
+    device: { type: "string", default: "cuda" },
+    prompt: { type: "string", default: "32" },
+    gen: { type: "string", default: "128" },
+    runs: { type: "string", default: "3" },
+  },
+});
+const nPrompt = Number(values.prompt), nGen = Number(values.gen);
+const files = await resolveModel(parseModelRef(values.model!));
+const engine = await Engine.load(files, { device: values.device as "cpu" | "cuda", ctx: 4096 });
+const gbs = await engine.measureReadBandwidthGBs();
+const weightBytes = files.tensors.reduce((s, t) => s + t.nbytes, 0);
+const pct = (xs: number[], p: number) => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(p * xs.length))];
+for (let r = 0; r < Number(values.runs); r++) {
+  await engine.truncate(0);
+  const prompt = Array.from({ length: nPrompt }, (_, i) => (i * 7919 + 13) % files.config.vocabSize);
+  const t0 = performance.now();
+  const seen: number[] = [];
+  const gen = engine.generate(prompt, {
+    temperature: 0, topP: 1, topK: 0, seed: 0, maxTokens: nGen, stopIds: [], logprobs: 0,
+  });
+  let res;
+  for (;;) {
+    const it = await gen.next();
+    if (it.done) {
+      res = it.value;
+      break;
+    }
+    seen.push(performance.now() - t0);
+  }
+  const steady = res.stepUs.slice(2);
+  const p50 = pct(steady, 0.5);
+  const hostSteps = seen.slice(3).map((t, i) => (t - seen[i + 2]) * 1000);
+  console.log(JSON.stringify({
+    device: engine.deviceName,
+    tokens: res.tokens.length,
+    ttft_ms: +(res.prefillUs / 1000).toFixed(2),
+    step_us_p50: +p50.toFixed(1),
+    step_us_p90: +pct(steady, 0.9).toFixed(1),
+    step_us_p99: +pct(steady, 0.99).toFixed(1),
+    host_observed_us_mean: +(hostSteps.reduce((a, b) => a + b, 0) / hostSteps.length).toFixed(1),
+    device_us_mean: +(steady.reduce((a, b) => a + b, 0) / steady.length).toFixed(1),
+    read_gbs: +gbs.toFixed(0),
+    floor_us: +(weightBytes / gbs / 1e3).toFixed(1),
+    share_of_ceiling: +((weightBytes / gbs / 1e3) / p50).toFixed(3),
+  }));
+}
+engine.close();

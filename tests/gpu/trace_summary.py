@@ -1,0 +1,48 @@
+#!/usr/bin/env python3
+"""Where one decode step's time goes, from a MKCHAT_TRACE file (one CSV row per instruction of the traced step).
+
+    MKCHAT_TRACE=/tmp/trace.csv deno run -A tests/gpu/bench_decode.ts --runs 1 && python3 tests/gpu/trace_summary.py /tmp/trace.csv
+
+Per op: instructions, mean wait on its counter, mean run time (compute + page waits + stores); per stage (layer, op):
+when its first instruction started running and its last finished, so the gaps between stages show the critical path.
+"""
+import csv
+import sys
+from collections import defaultdict
+
+rows = list(csv.DictReader(open(sys.argv[1])))
+for r in rows:
+    for k in ("wait_begin_ns", "wait_end_ns", "done_ns", "layer", "queue"):
+        r[k] = int(r[k])
+t_end = max(r["done_ns"] for r in rows)
+print(f"step {rows[0]['step']}: {t_end / 1000:.1f} us from the first wait to the last instruction done")
+by_op = defaultdict(list)
+for r in rows:
+    by_op[r["op"]].append(r)
+print(f"{'op':<8}{'n':>6}{'wait us':>10}{'run us':>10}{'run max':>10}")
+for op, rs in by_op.items():
+    w = sum(r["wait_end_ns"] - r["wait_begin_ns"] for r in rs) / len(rs) / 1000
+    u = [(r["done_ns"] - r["wait_end_ns"]) / 1000 for r in rs]
+    print(f"{op:<8}{len(rs):>6}{w:>10.2f}{sum(u) / len(u):>10.2f}{max(u):>10.2f}")
+stages = defaultdict(list)
+for r in rows:
+    stages[(r["layer"], r["op"])].append(r)
+order = sorted(stages, key=lambda k: min(r["wait_end_ns"] for r in stages[k]))
+print(f"{'stage':<14}{'start':>9}{'first run':>10}{'last done':>10}{'span':>8}")
+shown = 0
+for key in order:
+    rs = stages[key]
+    first_wait = min(r["wait_begin_ns"] for r in rs) / 1000
+    first_run = min(r["wait_end_ns"] for r in rs) / 1000
+    last_done = max(r["done_ns"] for r in rs) / 1000
+    if key[0] <= 1 or key[0] >= 15 or key[1] in ("LMHEAD", "SAMPLE"):
+        print(f"L{key[0]:<3}{key[1]:<10}{first_wait:>9.1f}{first_run:>10.1f}{last_done:>10.1f}{last_done - first_run:>8.1f}")
+        shown += 1
+layers = sorted({k[0] for k in stages})
+if len(layers) > 2:
+    spans = []
+    for L in layers:
+        rs = [r for k, v in stages.items() if k[0] == L and k[1] not in ("LMHEAD", "SAMPLE") for r in v]
+        if rs:
+            spans.append((max(r["done_ns"] for r in rs) - min(r["wait_end_ns"] for r in rs)) / 1000)
+    print(f"per-layer span (first run to last done): mean {sum(spans) / len(spans):.1f} us over {len(spans)} layers")
