@@ -210,6 +210,8 @@ async function measure(engine: Engine, files: ModelFiles, tokenizer: ChatTokeniz
   const prompt = promptOfLength(tokenizer, nPrompt);
   await engine.truncate(0);
   const tUs: number[] = [];
+  // When each token reached this process (what a user of the CLI sees, the engine's polling included).
+  const hostUs: number[] = [];
   const gen = engine.generate(prompt, greedy(nGen));
   let result;
   for (;;) {
@@ -219,10 +221,13 @@ async function measure(engine: Engine, files: ModelFiles, tokenizer: ChatTokeniz
       break;
     }
     tUs.push(r.value.tUs);
+    hostUs.push(performance.now() * 1000);
   }
   await engine.truncate(0);
   const steps = stepTimes(tUs, WARMUP_STEPS).sort((a, b) => a - b);
   const mean = steps.reduce((a, b) => a + b, 0) / steps.length;
+  const last = hostUs.length - 1;
+  const hostMean = last > WARMUP_STEPS ? (hostUs[last] - hostUs[WARMUP_STEPS]) / (last - WARMUP_STEPS) : NaN;
   const weightBytes = weightBytesPerStep(files);
   const figures: Record<string, number | string | null> = {
     prompt_tokens: prompt.length,
@@ -236,6 +241,9 @@ async function measure(engine: Engine, files: ModelFiles, tokenizer: ChatTokeniz
     decode_us_mean: round(mean, 1),
     decode_tok_s: round(1e6 / mean, 2),
     steady_steps: steps.length,
+    // Mean step time as the host saw it over the same steps, and its ratio to the engine's own (ideally 1).
+    host_decode_us_mean: round(hostMean, 1),
+    host_over_engine: round(hostMean / mean, 4),
     weight_bytes: weightBytes,
   };
   if (engine.device === "cuda") {
@@ -309,6 +317,8 @@ function printReport(
     `${m.decode_tok_s} tok/s — ${r.measure.timed}, ${m.gen_tokens} greedy tokens after a ${m.prompt_tokens}-token ` +
     `prompt, first ${WARMUP_STEPS} steps skipped`,
     `TTFT    ${m.ttft_ms} ms (prefill ${m.prefill_tok_s} tok/s)`,
+    `host    ${m.host_decode_us_mean} µs/token mean as this process received the tokens (${m.host_over_engine}× the ` +
+    `engine's ${m.decode_us_mean})`,
   ];
   if (m.read_bandwidth_gbs !== undefined) {
     const share = ((m.share_of_ceiling as number) * 100).toFixed(1);
