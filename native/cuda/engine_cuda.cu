@@ -174,6 +174,8 @@ mk::Globals base_globals(const mk_engine *e, const CudaState *st) {
   const int ms = e->params.timeout_ms > 0 ? e->params.timeout_ms : 5000;
   g.timeout_ns = (unsigned long long)ms * 1000000ull;
   g.start_pos = e->pos;
+  g.lookahead_bytes = mk::kLookaheadBytes;
+  if (const char *kb = getenv("MKCHAT_LOOKAHEAD_KB")) g.lookahead_bytes = atoll(kb) << 10;  // tuning experiments
   int *dn = nullptr, *dc = nullptr;
   cudaHostGetDevicePointer((void **)&dn, (void *)&st->hs->n, 0);
   cudaHostGetDevicePointer((void **)&dc, (void *)&st->hs->cancel, 0);

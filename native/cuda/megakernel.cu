@@ -26,19 +26,46 @@ __device__ static int op_rows(const Globals &g, int op, const int *a, int layer,
   }
 }
 
-__device__ static bool issue_op(const Globals &g, Smem &s, PageIssuer &iss, int op, const int *a, int layer,
-                                int step) {
-  const int n = op_rows(g, op, a, layer, step);
-  if (n == 0) return true;
+// Weight row k of an instruction.
+__device__ static const bf16 *op_row(const Globals &g, int op, const int *a, int layer, int k) {
   switch (op) {
-    case MK_OP_QKV: return issue_rows(s, iss, n, g.dim, [&](int k) { return QkvOp::row(g, a, layer, k); });
-    case MK_OP_OPROJ: return issue_rows(s, iss, n, g.dim, [&](int k) { return OprojOp::row(g, a, layer, k); });
-    case MK_OP_GATEUP: return issue_rows(s, iss, n, g.dim, [&](int k) { return GateupOp::row(g, a, layer, k); });
-    case MK_OP_DOWN: return issue_rows(s, iss, n, g.dim, [&](int k) { return DownOp::row(g, a, layer, k); });
-    case MK_OP_LMHEAD: return issue_rows(s, iss, n, g.dim, [&](int k) { return LmheadOp::row(g, a, layer, k); });
-    default: return true;
+    case MK_OP_QKV: return QkvOp::row(g, a, layer, k);
+    case MK_OP_OPROJ: return OprojOp::row(g, a, layer, k);
+    case MK_OP_GATEUP: return GateupOp::row(g, a, layer, k);
+    case MK_OP_DOWN: return DownOp::row(g, a, layer, k);
+    case MK_OP_LMHEAD: return LmheadOp::row(g, a, layer, k);
+    default: return nullptr;
   }
 }
+
+// The producer's second cursor: walks the same row stream ahead of the page copies and asks L2 to prefetch it, so
+// that while the consumers wait on a counter and the ring is full, HBM keeps streaming this SM's next weights into
+// L2 (g.lookahead_bytes per SM, default kLookaheadBytes: 132 x 256 KiB = 33 MiB of the 50-60 MiB L2).
+struct Lookahead {
+  int step = 0, i = 0, k = 0, n = -1;
+  long long bytes = 0;
+  __device__ void run_until(const Globals &g, int q0, int q1, long long target) {
+    const uint32_t row_bytes = 2u * g.dim;
+    while (bytes < target && step < g.n_steps) {
+      const int *w = g.instr + (q0 + i) * MK_INSTR_WORDS;
+      if (n < 0) {
+        n = op_rows(g, w[MK_I_OP], w + MK_I_A0, w[MK_I_LAYER], step);
+        k = 0;
+      }
+      if (k < n) {
+        prefetch_l2(op_row(g, w[MK_I_OP], w + MK_I_A0, w[MK_I_LAYER], k), row_bytes);
+        bytes += row_bytes;
+        ++k;
+      } else {
+        n = -1;
+        if (++i == q1 - q0) {
+          i = 0;
+          ++step;
+        }
+      }
+    }
+  }
+};
 
 // Returns whether the instruction signals its counter.
 __device__ static bool run_op(const Globals &g, Smem &s, PageCursor &cur, int op, const int *a, int layer, int step) {
@@ -57,10 +84,26 @@ __device__ static bool run_op(const Globals &g, Smem &s, PageCursor &cur, int op
 // --- producer warp: stream the weights of every instruction, token after token ----------------------------------
 __device__ static void produce(const Globals &g, Smem &s, int q0, int q1) {
   PageIssuer iss;
+  Lookahead ahead;
+  long long issued_bytes = 0;
+  const uint32_t row_bytes = 2u * g.dim;
+  const int R = rows_per_page(g.dim);
   for (int step = 0; step < g.n_steps; ++step) {
     for (int i = q0; i < q1; ++i) {
       const int *w = g.instr + i * MK_INSTR_WORDS;
-      if (!issue_op(g, s, iss, w[MK_I_OP], w + MK_I_A0, w[MK_I_LAYER], step)) goto done;
+      const int op = w[MK_I_OP], layer = w[MK_I_LAYER];
+      const int *a = w + MK_I_A0;
+      const int n = op_rows(g, op, a, layer, step);
+      for (int first = 0; first < n; first += R) {
+        const int nr = min(R, n - first);
+        ahead.run_until(g, q0, q1, issued_bytes + g.lookahead_bytes);
+        uint8_t *page;
+        uint64_t *bar;
+        if (!iss.begin(s, &page, &bar, nr * row_bytes)) goto done;
+        for (int j = 0; j < nr; ++j) bulk_load(page + j * row_bytes, op_row(g, op, a, layer, first + j), row_bytes, bar);
+        iss.end(s);
+        issued_bytes += (long long)nr * row_bytes;
+      }
     }
   }
 done:

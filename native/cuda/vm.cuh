@@ -17,7 +17,8 @@ typedef __nv_bfloat16 bf16;
 
 // --- configuration ------------------------------------------------------------------------------------------------
 constexpr int kPageBytes = 16384;                 // one page = 16 KiB = 4 rows of a 2048-wide bf16 matrix
-constexpr int kPages = 12;                        // 192 KiB ring: ~6 µs of one SM's share of HBM bandwidth
+constexpr int kPages = 13;                        // 208 KiB ring: ~6 µs of one SM's share of HBM bandwidth
+constexpr long long kLookaheadBytes = 256 << 10;  // L2 prefetch distance of the producer beyond the pages it issued
 constexpr int kConsumerWarps = 8;
 constexpr int kConsumerThreads = kConsumerWarps * 32;
 constexpr int kThreads = kConsumerThreads + 32;   // + the producer warp
@@ -28,6 +29,7 @@ constexpr int kGroupsPerPage = kPageBytes / 16 / 32; // warp-sized groups of 16-
 constexpr int kCandidates = 64;                   // MK_CUDA_MAX_TOP_K
 static_assert(kPageBytes % 16 == 0, "bulk copies move multiples of 16 bytes");
 static_assert(kThreads == 288, "8 consumer warps + 1 producer warp");
+constexpr size_t kSmemLimit = 227 * 1024;        // Hopper: usable dynamic shared memory per block
 
 // --- shared memory --------------------------------------------------------------------------------------------------
 struct __align__(128) Smem {
@@ -44,6 +46,7 @@ struct __align__(128) Smem {
   volatile uint32_t issued;                // pages issued by the producer
   int flag;                                // broadcast slot among consumers
 };
+static_assert(sizeof(Smem) <= kSmemLimit, "the shared-memory layout must fit one Hopper SM");
 
 // --- PTX helpers: mbarrier + bulk copy ---------------------------------------------------------------------------
 __device__ __forceinline__ uint32_t smem_addr(const void *p) {
@@ -73,6 +76,10 @@ __device__ __forceinline__ void bulk_load(void *dst, const void *src, uint32_t b
       "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(smem_addr(dst)),
       "l"(src), "r"(bytes), "r"(smem_addr(bar))
       : "memory");
+}
+// Ask L2 to fetch [src, src+bytes) from HBM (no shared memory, no completion to wait for).
+__device__ __forceinline__ void prefetch_l2(const void *src, uint32_t bytes) {
+  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(src), "r"(bytes) : "memory");
 }
 __device__ __forceinline__ void consumer_sync() { asm volatile("bar.sync 1, %0;" ::"n"(kConsumerThreads) : "memory"); }
 

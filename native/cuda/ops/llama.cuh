@@ -94,6 +94,7 @@ struct Globals {
   // optional per-instruction timing of one step (MKCHAT_TRACE): [n_instr][3] = wait begin, wait end, done (ns)
   unsigned long long *trace;
   int trace_step;
+  long long lookahead_bytes;  // producer's L2 prefetch distance (kLookaheadBytes; MKCHAT_LOOKAHEAD_KB overrides)
 };
 
 // --- helpers shared by the ops -----------------------------------------------------------------------------------

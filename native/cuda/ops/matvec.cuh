@@ -21,22 +21,6 @@ constexpr int kRowsPerThread = 4;  // rows of a full page each consumer thread h
 
 __device__ __forceinline__ int rows_per_page(int dim) { return kPageBytes / (2 * dim); }
 
-// Producer: stream `n` virtual rows, row k starting at row_fn(k). Returns false when told to stop.
-template <typename RowFn>
-__device__ inline bool issue_rows(Smem &s, PageIssuer &iss, int n, int dim, RowFn row_fn) {
-  const int R = rows_per_page(dim);
-  const uint32_t row_bytes = 2u * dim;
-  for (int first = 0; first < n; first += R) {
-    const int nr = min(R, n - first);
-    uint8_t *page;
-    uint64_t *bar;
-    if (!iss.begin(s, &page, &bar, nr * row_bytes)) return false;
-    for (int j = 0; j < nr; ++j) bulk_load(page + j * row_bytes, row_fn(first + j), row_bytes, bar);
-    iss.end(s);
-  }
-  return true;
-}
-
 // Sum each of a[0..3] over the 32 lanes; the total of row r ends in lane 8*r.
 __device__ __forceinline__ float warp_sum4(float a0, float a1, float a2, float a3) {
   const int lane = threadIdx.x & 31;
