@@ -176,6 +176,8 @@ mk::Globals base_globals(const mk_engine *e, const CudaState *st) {
   g.start_pos = e->pos;
   g.lookahead_bytes = mk::kLookaheadBytes;
   if (const char *kb = getenv("MKCHAT_LOOKAHEAD_KB")) g.lookahead_bytes = atoll(kb) << 10;  // tuning experiments
+  g.ring_pages = mk::kPages;
+  if (const char *rp = getenv("MKCHAT_RING_PAGES")) g.ring_pages = atoi(rp);
   int *dn = nullptr, *dc = nullptr;
   cudaHostGetDevicePointer((void **)&dn, (void *)&st->hs->n, 0);
   cudaHostGetDevicePointer((void **)&dc, (void *)&st->hs->cancel, 0);

@@ -53,7 +53,7 @@ struct Lookahead {
         k = 0;
       }
       if (k < n) {
-        prefetch_l2(op_row(g, w[MK_I_OP], w + MK_I_A0, w[MK_I_LAYER], k), row_bytes);
+        prefetch_l2_warp(op_row(g, w[MK_I_OP], w + MK_I_A0, w[MK_I_LAYER], k), row_bytes);
         bytes += row_bytes;
         ++k;
       } else {
@@ -82,7 +82,9 @@ __device__ static bool run_op(const Globals &g, Smem &s, PageCursor &cur, int op
 }
 
 // --- producer warp: stream the weights of every instruction, token after token ----------------------------------
+// The whole warp walks the queue (uniformly, so it can prefetch lane-parallel); lane 0 alone drives the ring.
 __device__ static void produce(const Globals &g, Smem &s, int q0, int q1) {
+  const bool leader = (threadIdx.x & 31) == 0;
   PageIssuer iss;
   Lookahead ahead;
   long long issued_bytes = 0;
@@ -96,19 +98,29 @@ __device__ static void produce(const Globals &g, Smem &s, int q0, int q1) {
       const int n = op_rows(g, op, a, layer, step);
       for (int first = 0; first < n; first += R) {
         const int nr = min(R, n - first);
-        ahead.run_until(g, q0, q1, issued_bytes + g.lookahead_bytes);
-        uint8_t *page;
-        uint64_t *bar;
-        if (!iss.begin(s, &page, &bar, nr * row_bytes)) goto done;
-        for (int j = 0; j < nr; ++j) bulk_load(page + j * row_bytes, op_row(g, op, a, layer, first + j), row_bytes, bar);
-        iss.end(s);
+        if (g.lookahead_bytes > 0) ahead.run_until(g, q0, q1, issued_bytes + g.lookahead_bytes);
+        int ok = 1;
+        if (leader) {
+          uint8_t *page;
+          uint64_t *bar;
+          ok = iss.begin(s, &page, &bar, nr * row_bytes);
+          if (ok) {
+            for (int j = 0; j < nr; ++j)
+              bulk_load(page + j * row_bytes, op_row(g, op, a, layer, first + j), row_bytes, bar);
+            iss.end(s);
+          }
+        }
+        if (!__shfl_sync(0xffffffffu, ok, 0)) goto done;
         issued_bytes += (long long)nr * row_bytes;
       }
     }
   }
 done:
-  __threadfence_block();
-  s.producer_done = 1;
+  __syncwarp();
+  if (leader) {
+    __threadfence_block();
+    s.producer_done = 1;
+  }
 }
 
 // --- consumer warps: wait, compute, signal -------------------------------------------------------------------------
@@ -152,6 +164,7 @@ __global__ void __launch_bounds__(kThreads, 1) megakernel(const __grid_constant_
   extern __shared__ __align__(128) uint8_t smem_raw[];
   Smem &s = *reinterpret_cast<Smem *>(smem_raw);
   if (threadIdx.x == 0) {
+    s.npages = g.ring_pages >= 2 && g.ring_pages <= kPages ? g.ring_pages : kPages;
     for (int i = 0; i < kPages; ++i) {
       mbar_init(&s.full[i], 1);
       mbar_init(&s.empty[i], kConsumerWarps);
@@ -165,7 +178,7 @@ __global__ void __launch_bounds__(kThreads, 1) megakernel(const __grid_constant_
   __syncthreads();
   const int q0 = g.queue_start[blockIdx.x], q1 = g.queue_start[blockIdx.x + 1];
   if (threadIdx.x / 32 == kProducerWarp) {
-    if ((threadIdx.x & 31) == 0) produce(g, s, q0, q1);
+    produce(g, s, q0, q1);
     return;
   }
   consume(g, s, q0, q1);
@@ -174,12 +187,13 @@ __global__ void __launch_bounds__(kThreads, 1) megakernel(const __grid_constant_
   while (!s.producer_done) {
   }
   consumer_sync();
-  // The last kPages pages issued are the only ones that can still be in flight: each slot's newest page is among them,
+  // The last npages pages issued are the only ones that can still be in flight: each slot's newest page is among them,
   // and waiting on a page whose phase already completed returns at once.
   if (ctid() == 0) {
     const uint32_t issued = s.issued;
-    for (uint32_t p = issued > kPages ? issued - kPages : 0; p < issued; ++p) {
-      while (!mbar_try_wait(&s.full[p % kPages], (p / kPages) & 1)) {
+    const uint32_t np = s.npages;
+    for (uint32_t p = issued > np ? issued - np : 0; p < issued; ++p) {
+      while (!mbar_try_wait(&s.full[p % np], (p / np) & 1)) {
       }
     }
   }

@@ -18,7 +18,7 @@ typedef __nv_bfloat16 bf16;
 // --- configuration ------------------------------------------------------------------------------------------------
 constexpr int kPageBytes = 16384;                 // one page = 16 KiB = 4 rows of a 2048-wide bf16 matrix
 constexpr int kPages = 13;                        // 208 KiB ring: ~6 µs of one SM's share of HBM bandwidth
-constexpr long long kLookaheadBytes = 256 << 10;  // L2 prefetch distance of the producer beyond the pages it issued
+constexpr long long kLookaheadBytes = 0;          // L2 prefetch distance beyond the issued pages (0: off)
 constexpr int kConsumerWarps = 8;
 constexpr int kConsumerThreads = kConsumerWarps * 32;
 constexpr int kThreads = kConsumerThreads + 32;   // + the producer warp
@@ -44,6 +44,7 @@ struct __align__(128) Smem {
   volatile int stop;                       // consumers -> producer: stop issuing (end of launch or abort)
   volatile int producer_done;              // producer -> consumers: no page will be issued any more
   volatile uint32_t issued;                // pages issued by the producer
+  uint32_t npages;                         // ring pages in use (<= kPages; Globals.ring_pages, for tuning)
   int flag;                                // broadcast slot among consumers
 };
 static_assert(sizeof(Smem) <= kSmemLimit, "the shared-memory layout must fit one Hopper SM");
@@ -77,9 +78,12 @@ __device__ __forceinline__ void bulk_load(void *dst, const void *src, uint32_t b
       "l"(src), "r"(bytes), "r"(smem_addr(bar))
       : "memory");
 }
-// Ask L2 to fetch [src, src+bytes) from HBM (no shared memory, no completion to wait for).
-__device__ __forceinline__ void prefetch_l2(const void *src, uint32_t bytes) {
-  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(src), "r"(bytes) : "memory");
+// The producer warp asks L2 to fetch [src, src+bytes) from HBM: one 128-byte line per lane and instruction, through
+// the load/store unit (a bulk prefetch through the copy engine was tried in v3 and slowed the page copies 2x).
+__device__ __forceinline__ void prefetch_l2_warp(const void *src, uint32_t bytes) {
+  const char *p = static_cast<const char *>(src);
+  for (uint32_t off = (threadIdx.x & 31) * 128u; off < bytes; off += 32u * 128u)
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(p + off));
 }
 __device__ __forceinline__ void consumer_sync() { asm volatile("bar.sync 1, %0;" ::"n"(kConsumerThreads) : "memory"); }
 
@@ -146,7 +150,7 @@ __device__ __forceinline__ void signal_counter(uint32_t *counters, int c) {
 struct PageCursor {
   uint32_t next = 0;  // pages consumed so far (same sequence the producer issues)
   __device__ __forceinline__ const uint8_t *acquire(Smem &s) {
-    const uint32_t slot = next % kPages, parity = (next / kPages) & 1;
+    const uint32_t slot = next % s.npages, parity = (next / s.npages) & 1;
     while (!mbar_try_wait(&s.full[slot], parity)) {
     }
     return s.pages[slot];
@@ -154,7 +158,7 @@ struct PageCursor {
   // Each consumer warp calls release once per page after its last read of it.
   __device__ __forceinline__ void release(Smem &s) {
     __syncwarp();
-    if ((threadIdx.x & 31) == 0) mbar_arrive(&s.empty[next % kPages]);
+    if ((threadIdx.x & 31) == 0) mbar_arrive(&s.empty[next % s.npages]);
     ++next;
   }
 };
@@ -164,7 +168,7 @@ struct PageIssuer {
   uint32_t next = 0;
   // Returns false when the consumers asked to stop.
   __device__ __forceinline__ bool begin(Smem &s, uint8_t **page, uint64_t **bar, uint32_t bytes) {
-    const uint32_t slot = next % kPages, round = next / kPages;
+    const uint32_t slot = next % s.npages, round = next / s.npages;
     if (round > 0) {
       while (!mbar_try_wait(&s.empty[slot], (round - 1) & 1)) {
         if (s.stop) return false;

@@ -4,6 +4,9 @@
  *
  *   deno run -A tests/gpu/bench_decode.ts --model synthetic:llama-3.2-1b --device cuda --prompt 32 --gen 128
  *
+ * --variants "A=1 B=2|A=3" times each set of environment variables in turn in the same process (the CUDA backend
+ * reads its tuning knobs, MKCHAT_RING_PAGES and MKCHAT_LOOKAHEAD_KB, at every launch).
+ *
  * @module
  */
 import { parseArgs } from "node:util";
@@ -18,6 +21,7 @@ const { values } = parseArgs({
     prompt: { type: "string", default: "32" },
     gen: { type: "string", default: "128" },
     runs: { type: "string", default: "3" },
+    variants: { type: "string", default: "" },
   },
 });
 const nPrompt = Number(values.prompt), nGen = Number(values.gen);
@@ -26,7 +30,13 @@ const engine = await Engine.load(files, { device: values.device as "cpu" | "cuda
 const gbs = await engine.measureReadBandwidthGBs();
 const weightBytes = files.tensors.reduce((s, t) => s + t.nbytes, 0);
 const pct = (xs: number[], p: number) => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(p * xs.length))];
-for (let r = 0; r < Number(values.runs); r++) {
+const variants = values.variants ? values.variants.split("|") : [""];
+for (let r = 0; r < Number(values.runs) * variants.length; r++) {
+  const variant = variants[r % variants.length].trim();
+  for (const kv of variant.split(/\s+/).filter(Boolean)) {
+    const [k, v] = kv.split("=");
+    Deno.env.set(k, v);
+  }
   await engine.truncate(0);
   const prompt = Array.from({ length: nPrompt }, (_, i) => (i * 7919 + 13) % files.config.vocabSize);
   const t0 = performance.now();
@@ -47,6 +57,7 @@ for (let r = 0; r < Number(values.runs); r++) {
   const p50 = pct(steady, 0.5);
   const hostSteps = seen.slice(3).map((t, i) => (t - seen[i + 2]) * 1000);
   console.log(JSON.stringify({
+    variant,
     device: engine.deviceName,
     tokens: res.tokens.length,
     ttft_ms: +(res.prefillUs / 1000).toFixed(2),

@@ -95,6 +95,7 @@ struct Globals {
   unsigned long long *trace;
   int trace_step;
   long long lookahead_bytes;  // producer's L2 prefetch distance (kLookaheadBytes; MKCHAT_LOOKAHEAD_KB overrides)
+  int ring_pages;             // pages of the ring in use (kPages; MKCHAT_RING_PAGES overrides, for tuning)
 };
 
 // --- helpers shared by the ops -----------------------------------------------------------------------------------
