@@ -174,8 +174,6 @@ mk::Globals base_globals(const mk_engine *e, const CudaState *st) {
   const int ms = e->params.timeout_ms > 0 ? e->params.timeout_ms : 5000;
   g.timeout_ns = (unsigned long long)ms * 1000000ull;
   g.start_pos = e->pos;
-  g.lookahead_bytes = mk::kLookaheadBytes;
-  if (const char *kb = getenv("MKCHAT_LOOKAHEAD_KB")) g.lookahead_bytes = atoll(kb) << 10;  // tuning experiments
   g.ring_pages = mk::kPages;
   if (const char *rp = getenv("MKCHAT_RING_PAGES")) g.ring_pages = atoi(rp);
   int *dn = nullptr, *dc = nullptr;

@@ -38,35 +38,6 @@ __device__ static const bf16 *op_row(const Globals &g, int op, const int *a, int
   }
 }
 
-// The producer's second cursor: walks the same row stream ahead of the page copies and asks L2 to prefetch it, so
-// that while the consumers wait on a counter and the ring is full, HBM keeps streaming this SM's next weights into
-// L2 (g.lookahead_bytes per SM, default kLookaheadBytes: 132 x 256 KiB = 33 MiB of the 50-60 MiB L2).
-struct Lookahead {
-  int step = 0, i = 0, k = 0, n = -1;
-  long long bytes = 0;
-  __device__ void run_until(const Globals &g, int q0, int q1, long long target) {
-    const uint32_t row_bytes = 2u * g.dim;
-    while (bytes < target && step < g.n_steps) {
-      const int *w = g.instr + (q0 + i) * MK_INSTR_WORDS;
-      if (n < 0) {
-        n = op_rows(g, w[MK_I_OP], w + MK_I_A0, w[MK_I_LAYER], step);
-        k = 0;
-      }
-      if (k < n) {
-        prefetch_l2_warp(op_row(g, w[MK_I_OP], w + MK_I_A0, w[MK_I_LAYER], k), row_bytes);
-        bytes += row_bytes;
-        ++k;
-      } else {
-        n = -1;
-        if (++i == q1 - q0) {
-          i = 0;
-          ++step;
-        }
-      }
-    }
-  }
-};
-
 // Returns whether the instruction signals its counter.
 __device__ static bool run_op(const Globals &g, Smem &s, PageCursor &cur, int op, const int *a, int layer, int step) {
   switch (op) {
@@ -82,12 +53,10 @@ __device__ static bool run_op(const Globals &g, Smem &s, PageCursor &cur, int op
 }
 
 // --- producer warp: stream the weights of every instruction, token after token ----------------------------------
-// The whole warp walks the queue (uniformly, so it can prefetch lane-parallel); lane 0 alone drives the ring.
+// The whole warp walks the queue; lane 0 alone drives the ring (v3/v4's L2 lookahead from here is in PERF_LOG.md).
 __device__ static void produce(const Globals &g, Smem &s, int q0, int q1) {
   const bool leader = (threadIdx.x & 31) == 0;
   PageIssuer iss;
-  Lookahead ahead;
-  long long issued_bytes = 0;
   const uint32_t row_bytes = 2u * g.dim;
   const int R = rows_per_page(g.dim);
   for (int step = 0; step < g.n_steps; ++step) {
@@ -98,7 +67,6 @@ __device__ static void produce(const Globals &g, Smem &s, int q0, int q1) {
       const int n = op_rows(g, op, a, layer, step);
       for (int first = 0; first < n; first += R) {
         const int nr = min(R, n - first);
-        if (g.lookahead_bytes > 0) ahead.run_until(g, q0, q1, issued_bytes + g.lookahead_bytes);
         int ok = 1;
         if (leader) {
           uint8_t *page;
@@ -111,7 +79,6 @@ __device__ static void produce(const Globals &g, Smem &s, int q0, int q1) {
           }
         }
         if (!__shfl_sync(0xffffffffu, ok, 0)) goto done;
-        issued_bytes += (long long)nr * row_bytes;
       }
     }
   }
@@ -160,7 +127,7 @@ __device__ static void consume(const Globals &g, Smem &s, int q0, int q1) {
   }
 }
 
-__global__ void __launch_bounds__(kThreads, 1) megakernel(const __grid_constant__ Globals g) {
+__global__ void __maxnreg__(224) megakernel(const __grid_constant__ Globals g) {
   extern __shared__ __align__(128) uint8_t smem_raw[];
   Smem &s = *reinterpret_cast<Smem *>(smem_raw);
   if (threadIdx.x == 0) {

@@ -18,14 +18,12 @@ typedef __nv_bfloat16 bf16;
 // --- configuration ------------------------------------------------------------------------------------------------
 constexpr int kPageBytes = 16384;                 // one page = 16 KiB = 4 rows of a 2048-wide bf16 matrix
 constexpr int kPages = 13;                        // 208 KiB ring: ~6 µs of one SM's share of HBM bandwidth
-constexpr long long kLookaheadBytes = 0;          // L2 prefetch distance beyond the issued pages (0: off)
 constexpr int kConsumerWarps = 8;
 constexpr int kConsumerThreads = kConsumerWarps * 32;
 constexpr int kThreads = kConsumerThreads + 32;   // + the producer warp
 constexpr int kProducerWarp = kConsumerWarps;
 constexpr int kMaxDim = 2048;                     // widest activation vector (fp32) kept in shared memory
 constexpr int kMaxRows = 1024;                    // most output rows of one instruction (LMHEAD bound)
-constexpr int kGroupsPerPage = kPageBytes / 16 / 32; // warp-sized groups of 16-byte chunks in a page = 32
 constexpr int kCandidates = 64;                   // MK_CUDA_MAX_TOP_K
 static_assert(kPageBytes % 16 == 0, "bulk copies move multiples of 16 bytes");
 static_assert(kThreads == 288, "8 consumer warps + 1 producer warp");
@@ -37,7 +35,6 @@ struct __align__(128) Smem {
   float xs[kMaxDim];                       // the instruction's input vector (normalised), fp32
   float out[kMaxRows];                     // per-row results of the instruction's matvec
   int ids[kMaxRows];                       // scratch ids (sorting, sampling)
-  float red[2][kGroupsPerPage];            // per-page warp partial sums, double-buffered by page parity
   float scratch[2 * kConsumerWarps * 32];  // reductions, attention partials
   uint64_t full[kPages];                   // producer -> consumers: page holds its bytes
   uint64_t empty[kPages];                  // consumers -> producer: page may be overwritten
@@ -77,13 +74,6 @@ __device__ __forceinline__ void bulk_load(void *dst, const void *src, uint32_t b
       "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(smem_addr(dst)),
       "l"(src), "r"(bytes), "r"(smem_addr(bar))
       : "memory");
-}
-// The producer warp asks L2 to fetch [src, src+bytes) from HBM: one 128-byte line per lane and instruction, through
-// the load/store unit (a bulk prefetch through the copy engine was tried in v3 and slowed the page copies 2x).
-__device__ __forceinline__ void prefetch_l2_warp(const void *src, uint32_t bytes) {
-  const char *p = static_cast<const char *>(src);
-  for (uint32_t off = (threadIdx.x & 31) * 128u; off < bytes; off += 32u * 128u)
-    asm volatile("prefetch.global.L2 [%0];" ::"l"(p + off));
 }
 __device__ __forceinline__ void consumer_sync() { asm volatile("bar.sync 1, %0;" ::"n"(kConsumerThreads) : "memory"); }
 
@@ -147,28 +137,30 @@ __device__ __forceinline__ void signal_counter(uint32_t *counters, int c) {
 }
 
 // --- the page stream as the consumers see it ---------------------------------------------------------------------
+// Slot and phase advance incrementally: a division by the run-time ring size on every page cost v4 ~40% of its speed.
 struct PageCursor {
-  uint32_t next = 0;  // pages consumed so far (same sequence the producer issues)
-  __device__ __forceinline__ const uint8_t *acquire(Smem &s) {
-    const uint32_t slot = next % s.npages, parity = (next / s.npages) & 1;
-    while (!mbar_try_wait(&s.full[slot], parity)) {
+  uint32_t slot = 0, phase = 0;
+  __device__ __forceinline__ const uint8_t *acquire(Smem &s) const {
+    while (!mbar_try_wait(&s.full[slot], phase)) {
     }
     return s.pages[slot];
   }
-  // Each consumer warp calls release once per page after its last read of it.
+  // Every consumer warp calls release once per page, after its last read of it.
   __device__ __forceinline__ void release(Smem &s) {
     __syncwarp();
-    if ((threadIdx.x & 31) == 0) mbar_arrive(&s.empty[next % s.npages]);
-    ++next;
+    if ((threadIdx.x & 31) == 0) mbar_arrive(&s.empty[slot]);
+    if (++slot == s.npages) {
+      slot = 0;
+      phase ^= 1;
+    }
   }
 };
 
 // The producer's side: make room for one more page and issue its copies (lane 0 of the producer warp only).
 struct PageIssuer {
-  uint32_t next = 0;
+  uint32_t next = 0, slot = 0, round = 0;
   // Returns false when the consumers asked to stop.
   __device__ __forceinline__ bool begin(Smem &s, uint8_t **page, uint64_t **bar, uint32_t bytes) {
-    const uint32_t slot = next % s.npages, round = next / s.npages;
     if (round > 0) {
       while (!mbar_try_wait(&s.empty[slot], (round - 1) & 1)) {
         if (s.stop) return false;
@@ -182,6 +174,10 @@ struct PageIssuer {
   }
   __device__ __forceinline__ void end(Smem &s) {
     ++next;
+    if (++slot == s.npages) {
+      slot = 0;
+      ++round;
+    }
     s.issued = next;
   }
 };

@@ -94,7 +94,6 @@ struct Globals {
   // optional per-instruction timing of one step (MKCHAT_TRACE): [n_instr][3] = wait begin, wait end, done (ns)
   unsigned long long *trace;
   int trace_step;
-  long long lookahead_bytes;  // producer's L2 prefetch distance (kLookaheadBytes; MKCHAT_LOOKAHEAD_KB overrides)
   int ring_pages;             // pages of the ring in use (kPages; MKCHAT_RING_PAGES overrides, for tuning)
 };
 
