@@ -127,7 +127,7 @@ __device__ static void consume(const Globals &g, Smem &s, int q0, int q1) {
   }
 }
 
-__global__ void __maxnreg__(224) megakernel(const __grid_constant__ Globals g) {
+__global__ void __launch_bounds__(kThreads, 1) megakernel(const __grid_constant__ Globals g) {
   extern __shared__ __align__(128) uint8_t smem_raw[];
   Smem &s = *reinterpret_cast<Smem *>(smem_raw);
   if (threadIdx.x == 0) {

@@ -90,26 +90,26 @@ struct AttnOp {
     const bool last = s.flag;
     if (last && owner) {
       const float *base = g.attn_part + (size_t)h * S * (hd + 2);
-      float ms[kMaxSplits], ls[kMaxSplits], os[kMaxSplits];
+      // Online merge, 4 splits per round so their loads are in flight together (no per-split register arrays: they
+      // pushed the kernel past its 168-register budget).
+      float M = -CUDART_INF_F, L = 0.f, O = 0.f;
+      for (int s0 = 0; s0 < S; s0 += 4) {
+        float ms[4], ls[4], os[4];
 #pragma unroll
-      for (int sp = 0; sp < kMaxSplits; ++sp) {
-        if (sp < S) {
-          ms[sp] = __ldcg(base + sp * (hd + 2) + hd);
-          ls[sp] = __ldcg(base + sp * (hd + 2) + hd + 1);
-          os[sp] = __ldcg(base + sp * (hd + 2) + d);
+        for (int k = 0; k < 4; ++k) {
+          const bool in = s0 + k < S;
+          const float *p = base + (in ? s0 + k : 0) * (hd + 2);  // never address past the partials
+          ms[k] = in ? __ldcg(p + hd) : -CUDART_INF_F;
+          ls[k] = in ? __ldcg(p + hd + 1) : 0.f;
+          os[k] = in ? __ldcg(p + d) : 0.f;
         }
-      }
-      float M = -CUDART_INF_F;
 #pragma unroll
-      for (int sp = 0; sp < kMaxSplits; ++sp)
-        if (sp < S) M = fmaxf(M, ms[sp]);
-      float L = 0.f, O = 0.f;
-#pragma unroll
-      for (int sp = 0; sp < kMaxSplits; ++sp) {
-        if (sp < S && ms[sp] != -CUDART_INF_F) {
-          const float c = __expf(ms[sp] - M);
-          L += ls[sp] * c;
-          O += os[sp] * c;
+        for (int k = 0; k < 4; ++k) {
+          if (ms[k] == -CUDART_INF_F) continue;
+          const float m_new = fmaxf(M, ms[k]), c_old = __expf(M - m_new), c = __expf(ms[k] - m_new);
+          L = L * c_old + ls[k] * c;
+          O = O * c_old + os[k] * c;
+          M = m_new;
         }
       }
       g.attn[h * hd + d] = O / L;

@@ -7,7 +7,7 @@
 namespace mk {
 
 constexpr int kMaxHeadDim = 128;  // widest attention head the ATTN op handles
-constexpr int kMaxSplits = 16;    // attention splits per kv head (ATTN's merge keeps each split's partial in registers)
+constexpr int kMaxSplits = 16;    // attention splits per kv head (bounded so one tile of partials stays small)
 
 struct LayerW {
   const bf16 *attn_norm;    // (dim)
