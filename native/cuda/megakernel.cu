@@ -78,12 +78,13 @@ __device__ static void produce(const Globals &g, Smem &s, int q0, int q1) {
             iss.end(s);
           }
         }
-        if (!__shfl_sync(0xffffffffu, ok, 0)) goto done;
+        if (g.producer_mode == 1 && !__shfl_sync(0xffffffffu, ok, 0)) goto done;
+        if (!ok) goto done;
       }
     }
   }
 done:
-  __syncwarp();
+  if (g.producer_mode == 1) __syncwarp();
   if (leader) {
     __threadfence_block();
     s.producer_done = 1;
@@ -145,7 +146,7 @@ __global__ void __launch_bounds__(kThreads, 1) megakernel(const __grid_constant_
   __syncthreads();
   const int q0 = g.queue_start[blockIdx.x], q1 = g.queue_start[blockIdx.x + 1];
   if (threadIdx.x / 32 == kProducerWarp) {
-    produce(g, s, q0, q1);
+    if (g.producer_mode == 1 || (threadIdx.x & 31) == 0) produce(g, s, q0, q1);
     return;
   }
   consume(g, s, q0, q1);

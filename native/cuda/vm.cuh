@@ -35,6 +35,7 @@ struct __align__(128) Smem {
   float xs[kMaxDim];                       // the instruction's input vector (normalised), fp32
   float out[kMaxRows];                     // per-row results of the instruction's matvec
   int ids[kMaxRows];                       // scratch ids (sorting, sampling)
+  float red[2][32];                        // matvec_rows_split: per-page warp partials, double-buffered
   float scratch[2 * kConsumerWarps * 32];  // reductions, attention partials
   uint64_t full[kPages];                   // producer -> consumers: page holds its bytes
   uint64_t empty[kPages];                  // consumers -> producer: page may be overwritten

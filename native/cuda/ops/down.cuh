@@ -13,7 +13,7 @@ struct DownOp {
   }
   __device__ static bool run(const Globals &g, Smem &s, PageCursor &cur, const int *a, int layer, int) {
     stage_vector(g, s, g.h + (size_t)a[2] * g.dim);
-    matvec_rows(s, cur, a[1], g.dim);
+    matvec_rows(g, s, cur, a[1]);
     float *acc = g.resid + (size_t)(2 * layer + 2) * g.dim;
     for (int k = ctid(); k < a[1]; k += kConsumerThreads) atomicAdd(acc + a[0] + k, s.out[k]);
     consumer_sync();

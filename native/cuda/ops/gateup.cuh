@@ -13,7 +13,7 @@ struct GateupOp {
   }
   __device__ static bool run(const Globals &g, Smem &s, PageCursor &cur, const int *a, int layer, int) {
     rmsnorm_input(g, s, g.resid + (size_t)(2 * layer + 1) * g.dim, nullptr, g.layers[layer].ffn_norm);
-    matvec_rows(s, cur, 2 * a[1], g.dim);
+    matvec_rows(g, s, cur, 2 * a[1]);
     for (int k = ctid(); k < a[1]; k += kConsumerThreads) {
       const float gate = s.out[2 * k], up = s.out[2 * k + 1];
       g.h[a[0] + k] = gate / (1.f + expf(-gate)) * up;

@@ -71,7 +71,7 @@ struct LmheadOp {
     if (step < g.lm_from_step) return true;
     const int n = a[1];
     rmsnorm_input(g, s, g.resid + (size_t)(2 * g.n_layers) * g.dim, nullptr, g.final_norm);
-    matvec_rows(s, cur, n, g.dim);
+    matvec_rows(g, s, cur, n);
     const float T = g.sp.temperature;
     float best = -CUDART_INF_F, gbest = -CUDART_INF_F;
     int best_id = INT_MAX, gid = INT_MAX;

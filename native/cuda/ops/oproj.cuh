@@ -13,7 +13,7 @@ struct OprojOp {
   }
   __device__ static bool run(const Globals &g, Smem &s, PageCursor &cur, const int *a, int layer, int step) {
     stage_vector(g, s, g.attn);
-    matvec_rows(s, cur, a[1], g.dim);
+    matvec_rows(g, s, cur, a[1]);
     const float *xf;
     const bf16 *xb;
     layer_input(g, layer, step, &xf, &xb);

@@ -29,7 +29,7 @@ struct QkvOp {
     const bf16 *xb;
     layer_input(g, layer, step, &xf, &xb);
     rmsnorm_input(g, s, xf, xb, g.layers[layer].attn_norm);
-    matvec_rows(s, cur, 2 * a[1], g.dim);
+    matvec_rows(g, s, cur, 2 * a[1]);
     const int pos = g.start_pos + step;
     const int q_rows = g.n_heads * g.hd, kv_rows = g.n_kv * g.hd, half_hd = g.hd / 2;
     for (int k = ctid(); k < a[1]; k += kConsumerThreads) {
