@@ -178,8 +178,6 @@ mk::Globals base_globals(const mk_engine *e, const CudaState *st) {
   if (const char *rp = getenv("MKCHAT_RING_PAGES")) g.ring_pages = atoi(rp);
   g.matvec_mode = 0;
   if (const char *mv = getenv("MKCHAT_MATVEC")) g.matvec_mode = atoi(mv);
-  g.producer_mode = 0;
-  if (const char *pm = getenv("MKCHAT_PRODUCER")) g.producer_mode = atoi(pm);
   int *dn = nullptr, *dc = nullptr;
   cudaHostGetDevicePointer((void **)&dn, (void *)&st->hs->n, 0);
   cudaHostGetDevicePointer((void **)&dc, (void *)&st->hs->cancel, 0);

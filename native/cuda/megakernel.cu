@@ -26,15 +26,49 @@ __device__ static int op_rows(const Globals &g, int op, const int *a, int layer,
   }
 }
 
-// Weight row k of an instruction.
-__device__ static const bf16 *op_row(const Globals &g, int op, const int *a, int layer, int k) {
+// Issue the pages of `n` virtual rows (row k at row_fn(k)); rows that are contiguous in memory go out as one bulk
+// copy (a whole page for LMHEAD/OPROJ, two halves for QKV and GATEUP), because the producer is a single thread whose
+// work per page sits on the critical path (PERF_LOG v3-v6). Returns false when told to stop.
+template <typename RowFn>
+__device__ inline bool issue_rows(Smem &s, PageIssuer &iss, int n, int dim, RowFn row_fn) {
+  const int R = rows_per_page(dim);
+  const uint32_t row_bytes = 2u * dim;
+  for (int first = 0; first < n; first += R) {
+    const int nr = min(R, n - first);
+    uint8_t *page;
+    uint64_t *bar;
+    if (!iss.begin(s, &page, &bar, nr * row_bytes)) return false;
+    const bf16 *run = row_fn(first);
+    int run_start = 0, run_len = 1;
+    for (int j = 1; j < nr; ++j) {
+      const bf16 *r = row_fn(first + j);
+      if (r == run + (size_t)run_len * dim) {
+        ++run_len;
+      } else {
+        bulk_load(page + run_start * row_bytes, run, run_len * row_bytes, bar);
+        run = r;
+        run_start = j;
+        run_len = 1;
+      }
+    }
+    bulk_load(page + run_start * row_bytes, run, run_len * row_bytes, bar);
+    iss.end(s);
+  }
+  return true;
+}
+
+// Each op's row function is inlined into its own copy of the page loop: a switch per row (v3-v5) cost 45%.
+__device__ static bool issue_op(const Globals &g, Smem &s, PageIssuer &iss, int op, const int *a, int layer,
+                                int step) {
+  const int n = op_rows(g, op, a, layer, step);
+  if (n == 0) return true;
   switch (op) {
-    case MK_OP_QKV: return QkvOp::row(g, a, layer, k);
-    case MK_OP_OPROJ: return OprojOp::row(g, a, layer, k);
-    case MK_OP_GATEUP: return GateupOp::row(g, a, layer, k);
-    case MK_OP_DOWN: return DownOp::row(g, a, layer, k);
-    case MK_OP_LMHEAD: return LmheadOp::row(g, a, layer, k);
-    default: return nullptr;
+    case MK_OP_QKV: return issue_rows(s, iss, n, g.dim, [&](int k) { return QkvOp::row(g, a, layer, k); });
+    case MK_OP_OPROJ: return issue_rows(s, iss, n, g.dim, [&](int k) { return OprojOp::row(g, a, layer, k); });
+    case MK_OP_GATEUP: return issue_rows(s, iss, n, g.dim, [&](int k) { return GateupOp::row(g, a, layer, k); });
+    case MK_OP_DOWN: return issue_rows(s, iss, n, g.dim, [&](int k) { return DownOp::row(g, a, layer, k); });
+    case MK_OP_LMHEAD: return issue_rows(s, iss, n, g.dim, [&](int k) { return LmheadOp::row(g, a, layer, k); });
+    default: return true;
   }
 }
 
@@ -52,43 +86,18 @@ __device__ static bool run_op(const Globals &g, Smem &s, PageCursor &cur, int op
   }
 }
 
-// --- producer warp: stream the weights of every instruction, token after token ----------------------------------
-// The whole warp walks the queue; lane 0 alone drives the ring (v3/v4's L2 lookahead from here is in PERF_LOG.md).
+// --- producer warp (lane 0): stream the weights of every instruction, token after token ---------------------------
 __device__ static void produce(const Globals &g, Smem &s, int q0, int q1) {
-  const bool leader = (threadIdx.x & 31) == 0;
   PageIssuer iss;
-  const uint32_t row_bytes = 2u * g.dim;
-  const int R = rows_per_page(g.dim);
   for (int step = 0; step < g.n_steps; ++step) {
     for (int i = q0; i < q1; ++i) {
       const int *w = g.instr + i * MK_INSTR_WORDS;
-      const int op = w[MK_I_OP], layer = w[MK_I_LAYER];
-      const int *a = w + MK_I_A0;
-      const int n = op_rows(g, op, a, layer, step);
-      for (int first = 0; first < n; first += R) {
-        const int nr = min(R, n - first);
-        int ok = 1;
-        if (leader) {
-          uint8_t *page;
-          uint64_t *bar;
-          ok = iss.begin(s, &page, &bar, nr * row_bytes);
-          if (ok) {
-            for (int j = 0; j < nr; ++j)
-              bulk_load(page + j * row_bytes, op_row(g, op, a, layer, first + j), row_bytes, bar);
-            iss.end(s);
-          }
-        }
-        if (g.producer_mode == 1 && !__shfl_sync(0xffffffffu, ok, 0)) goto done;
-        if (!ok) goto done;
-      }
+      if (!issue_op(g, s, iss, w[MK_I_OP], w + MK_I_A0, w[MK_I_LAYER], step)) goto done;
     }
   }
 done:
-  if (g.producer_mode == 1) __syncwarp();
-  if (leader) {
-    __threadfence_block();
-    s.producer_done = 1;
-  }
+  __threadfence_block();
+  s.producer_done = 1;
 }
 
 // --- consumer warps: wait, compute, signal -------------------------------------------------------------------------
@@ -146,7 +155,7 @@ __global__ void __launch_bounds__(kThreads, 1) megakernel(const __grid_constant_
   __syncthreads();
   const int q0 = g.queue_start[blockIdx.x], q1 = g.queue_start[blockIdx.x + 1];
   if (threadIdx.x / 32 == kProducerWarp) {
-    if (g.producer_mode == 1 || (threadIdx.x & 31) == 0) produce(g, s, q0, q1);
+    if ((threadIdx.x & 31) == 0) produce(g, s, q0, q1);
     return;
   }
   consume(g, s, q0, q1);

@@ -96,7 +96,6 @@ struct Globals {
   int trace_step;
   int ring_pages;             // pages of the ring in use (kPages; MKCHAT_RING_PAGES overrides, for tuning)
   int matvec_mode;            // 0: every warp on every row, 1: one warp per row (MKCHAT_MATVEC, for tuning)
-  int producer_mode;          // 0: lane 0 alone, 1: the whole producer warp walks the queue (MKCHAT_PRODUCER)
 };
 
 // --- helpers shared by the ops -----------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 // qkv.cuh — MK_OP_QKV: RMSNorm + fused Q/K/V rows + RoPE (llama3 frequencies) + KV-cache append.
 // Args: a0 = first pair, a1 = pairs. Pair p is the two rows head*hd + i and head*hd + i + hd/2 (head = p / (hd/2),
-// i = p % (hd/2)) of the fused [q; k; v] output, the two values RoPE rotates together (HF rotate_half).
+// i = p % (hd/2)) of the fused [q; k; v] output, the two values RoPE rotates together (HF rotate_half); pages hold
+// them in PairLayout order.
 #pragma once
 #include "matvec.cuh"
 
@@ -21,7 +22,9 @@ struct QkvOp {
   }
   __device__ static int rows(const Globals &, const int *a, int, int) { return 2 * a[1]; }
   __device__ static const bf16 *row(const Globals &g, const int *a, int layer, int k) {
-    return fused_row(g, layer, fused_of(g, a[0] + k / 2, k & 1));
+    int pair, half;
+    PairLayout(g.dim, a[1]).of_vrow(k, &pair, &half);
+    return fused_row(g, layer, fused_of(g, a[0] + pair, half));
   }
 
   __device__ static bool run(const Globals &g, Smem &s, PageCursor &cur, const int *a, int layer, int step) {
@@ -32,9 +35,10 @@ struct QkvOp {
     matvec_rows(g, s, cur, 2 * a[1]);
     const int pos = g.start_pos + step;
     const int q_rows = g.n_heads * g.hd, kv_rows = g.n_kv * g.hd, half_hd = g.hd / 2;
+    const PairLayout pl(g.dim, a[1]);
     for (int k = ctid(); k < a[1]; k += kConsumerThreads) {
       const int pair = a[0] + k, fr = fused_of(g, pair, 0), i = pair % half_hd;
-      float x1 = s.out[2 * k], x2 = s.out[2 * k + 1];
+      float x1 = s.out[pl.vrow(k, 0)], x2 = s.out[pl.vrow(k, 1)];
       if (fr < q_rows + kv_rows) {  // q and k heads are rotated, v is not
         float sn, cs;
         sincosf((float)pos * g.inv_freq[i], &sn, &cs);
