@@ -12,63 +12,71 @@
 #include "ops/sample.cuh"
 #include "../program.h"
 
+#include <vector>
+
 namespace mk {
 
-// Weight rows an instruction streams (0 for ATTN, SAMPLE and skipped LM-head steps).
-__device__ static int op_rows(const Globals &g, int op, const int *a, int layer, int step) {
-  switch (op) {
-    case MK_OP_QKV: return QkvOp::rows(g, a, layer, step);
-    case MK_OP_OPROJ: return OprojOp::rows(g, a, layer, step);
-    case MK_OP_GATEUP: return GateupOp::rows(g, a, layer, step);
-    case MK_OP_DOWN: return DownOp::rows(g, a, layer, step);
-    case MK_OP_LMHEAD: return LmheadOp::rows(g, a, layer, step);
-    default: return 0;
-  }
-}
-
-// Issue the pages of `n` virtual rows (row k at row_fn(k)); rows that are contiguous in memory go out as one bulk
-// copy (a whole page for LMHEAD/OPROJ, two halves for QKV and GATEUP), because the producer is a single thread whose
-// work per page sits on the critical path (PERF_LOG v3-v6). Returns false when told to stop.
+// --- host: compile every instruction's weight rows into copy descriptors -----------------------------------------
+// Rows contiguous in memory within a page become one copy (a whole page for LMHEAD/OPROJ; the two PairLayout halves
+// for QKV and GATEUP; DOWN's strided slices stay one copy per row).
 template <typename RowFn>
-__device__ inline bool issue_rows(Smem &s, PageIssuer &iss, int n, int dim, RowFn row_fn) {
+static void compile_rows(int n, int dim, RowFn row_fn, std::vector<CopyDesc> &out) {
   const int R = rows_per_page(dim);
   const uint32_t row_bytes = 2u * dim;
   for (int first = 0; first < n; first += R) {
-    const int nr = min(R, n - first);
-    uint8_t *page;
-    uint64_t *bar;
-    if (!iss.begin(s, &page, &bar, nr * row_bytes)) return false;
+    const int nr = n - first < R ? n - first : R;
+    const size_t page_begin = out.size();
     const bf16 *run = row_fn(first);
     int run_start = 0, run_len = 1;
+    auto flush = [&] {
+      out.push_back({(unsigned long long)run, run_len * row_bytes, (uint32_t)(run_start * row_bytes / 16)});
+    };
     for (int j = 1; j < nr; ++j) {
       const bf16 *r = row_fn(first + j);
       if (r == run + (size_t)run_len * dim) {
         ++run_len;
       } else {
-        bulk_load(page + run_start * row_bytes, run, run_len * row_bytes, bar);
+        flush();
         run = r;
         run_start = j;
         run_len = 1;
       }
     }
-    bulk_load(page + run_start * row_bytes, run, run_len * row_bytes, bar);
-    iss.end(s);
+    flush();
+    out[page_begin].meta |= kCopyFirst | ((nr * row_bytes / 16) << 16);
+    out.back().meta |= kCopyLast;
   }
-  return true;
 }
 
-// Each op's row function is inlined into its own copy of the page loop: a switch per row (v3-v5) cost 45%.
-__device__ static bool issue_op(const Globals &g, Smem &s, PageIssuer &iss, int op, const int *a, int layer,
-                                int step) {
-  const int n = op_rows(g, op, a, layer, step);
-  if (n == 0) return true;
-  switch (op) {
-    case MK_OP_QKV: return issue_rows(s, iss, n, g.dim, [&](int k) { return QkvOp::row(g, a, layer, k); });
-    case MK_OP_OPROJ: return issue_rows(s, iss, n, g.dim, [&](int k) { return OprojOp::row(g, a, layer, k); });
-    case MK_OP_GATEUP: return issue_rows(s, iss, n, g.dim, [&](int k) { return GateupOp::row(g, a, layer, k); });
-    case MK_OP_DOWN: return issue_rows(s, iss, n, g.dim, [&](int k) { return DownOp::row(g, a, layer, k); });
-    case MK_OP_LMHEAD: return issue_rows(s, iss, n, g.dim, [&](int k) { return LmheadOp::row(g, a, layer, k); });
-    default: return true;
+void compile_copies(const Globals &hg, const int *instr, int n_instr, std::vector<CopyDesc> &copies,
+                    std::vector<int> &start) {
+  copies.clear();
+  start.assign(1, 0);
+  for (int i = 0; i < n_instr; ++i) {
+    const int *w = instr + (size_t)i * MK_INSTR_WORDS;
+    const int op = w[MK_I_OP], layer = w[MK_I_LAYER];
+    const int *a = w + MK_I_A0;
+    switch (op) {
+      case MK_OP_QKV:
+        compile_rows(QkvOp::rows(hg, a, layer, 0), hg.dim, [&](int k) { return QkvOp::row(hg, a, layer, k); }, copies);
+        break;
+      case MK_OP_OPROJ:
+        compile_rows(OprojOp::rows(hg, a, layer, 0), hg.dim, [&](int k) { return OprojOp::row(hg, a, layer, k); },
+                     copies);
+        break;
+      case MK_OP_GATEUP:
+        compile_rows(GateupOp::rows(hg, a, layer, 0), hg.dim, [&](int k) { return GateupOp::row(hg, a, layer, k); },
+                     copies);
+        break;
+      case MK_OP_DOWN:
+        compile_rows(DownOp::rows(hg, a, layer, 0), hg.dim, [&](int k) { return DownOp::row(hg, a, layer, k); }, copies);
+        break;
+      case MK_OP_LMHEAD:
+        compile_rows(a[1], hg.dim, [&](int k) { return LmheadOp::row(hg, a, layer, k); }, copies);
+        break;
+      default: break;
+    }
+    start.push_back((int)copies.size());
   }
 }
 
@@ -86,18 +94,42 @@ __device__ static bool run_op(const Globals &g, Smem &s, PageCursor &cur, int op
   }
 }
 
-// --- producer warp (lane 0): stream the weights of every instruction, token after token ---------------------------
+// --- producer warp: stream the weights of every instruction, token after token ----------------------------------
+// The warp loads 32 descriptors at a time (one per lane, coalesced); lane 0 walks them and drives the ring.
 __device__ static void produce(const Globals &g, Smem &s, int q0, int q1) {
+  const int lane = threadIdx.x & 31;
   PageIssuer iss;
+  uint8_t *page = nullptr;
+  uint64_t *bar = nullptr;
   for (int step = 0; step < g.n_steps; ++step) {
     for (int i = q0; i < q1; ++i) {
-      const int *w = g.instr + i * MK_INSTR_WORDS;
-      if (!issue_op(g, s, iss, w[MK_I_OP], w + MK_I_A0, w[MK_I_LAYER], step)) goto done;
+      if (g.instr[i * MK_INSTR_WORDS + MK_I_OP] == MK_OP_LMHEAD && step < g.lm_from_step) continue;
+      const int c1 = g.copy_start[i + 1];
+      for (int base = g.copy_start[i]; base < c1; base += 32) {
+        uint4 d = make_uint4(0, 0, 0, 0);
+        if (base + lane < c1) d = __ldg(reinterpret_cast<const uint4 *>(g.copies + base + lane));
+        const int nb = min(32, c1 - base);
+        for (int j = 0; j < nb; ++j) {
+          const uint32_t lo = __shfl_sync(0xffffffffu, d.x, j), hi = __shfl_sync(0xffffffffu, d.y, j);
+          const uint32_t bytes = __shfl_sync(0xffffffffu, d.z, j), meta = __shfl_sync(0xffffffffu, d.w, j);
+          int ok = 1;
+          if (lane == 0) {
+            if (meta & kCopyFirst) ok = iss.begin(s, &page, &bar, copy_page_bytes(meta));
+            if (ok) {
+              bulk_load(page + copy_dst(meta), reinterpret_cast<const void *>(((uint64_t)hi << 32) | lo), bytes, bar);
+              if (meta & kCopyLast) iss.end(s);
+            }
+          }
+          if (!__shfl_sync(0xffffffffu, ok, 0)) goto done;
+        }
+      }
     }
   }
 done:
-  __threadfence_block();
-  s.producer_done = 1;
+  if (lane == 0) {
+    __threadfence_block();
+    s.producer_done = 1;
+  }
 }
 
 // --- consumer warps: wait, compute, signal -------------------------------------------------------------------------
@@ -155,7 +187,7 @@ __global__ void __launch_bounds__(kThreads, 1) megakernel(const __grid_constant_
   __syncthreads();
   const int q0 = g.queue_start[blockIdx.x], q1 = g.queue_start[blockIdx.x + 1];
   if (threadIdx.x / 32 == kProducerWarp) {
-    if ((threadIdx.x & 31) == 0) produce(g, s, q0, q1);
+    produce(g, s, q0, q1);
     return;
   }
   consume(g, s, q0, q1);

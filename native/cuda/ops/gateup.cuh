@@ -6,8 +6,8 @@
 namespace mk {
 
 struct GateupOp {
-  __device__ static int rows(const Globals &, const int *a, int, int) { return 2 * a[1]; }
-  __device__ static const bf16 *row(const Globals &g, const int *a, int layer, int k) {
+  MK_HD static int rows(const Globals &, const int *a, int, int) { return 2 * a[1]; }
+  MK_HD static const bf16 *row(const Globals &g, const int *a, int layer, int k) {
     const LayerW &w = g.layers[layer];
     int pair, half;
     PairLayout(g.dim, a[1]).of_vrow(k, &pair, &half);

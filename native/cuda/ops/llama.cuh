@@ -16,7 +16,7 @@ struct LayerW {
   const bf16 *wo;           // (dim, n_heads*hd)
   const bf16 *ffn_norm;     // (dim)
   const bf16 *wg, *wu;      // (hidden, dim)
-  const bf16 *wd;           // (dim, hidden)
+  const bf16 *wd;           // (hidden/dim chunks, dim, dim): the checkpoint's (dim, hidden) re-laid chunk-major
 };
 
 // One LMHEAD instruction's summary of its slice of the vocabulary.
@@ -69,6 +69,8 @@ struct Globals {
   const int *instr;         // [n_instr][16]
   const int *queue_start;   // [n_queues + 1]
   const int *per_token;     // [n_counters]
+  const CopyDesc *copies;   // the weight stream of every instruction, in queue order
+  const int *copy_start;    // [n_instr + 1]: instruction i's descriptors are copies[copy_start[i] .. copy_start[i+1])
   int attn_splits;
   // buffers (program.h)
   float *resid;             // [2*n_layers + 1][dim]; index 0 unused (layer 0 reads the embedding)

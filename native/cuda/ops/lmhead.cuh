@@ -61,10 +61,10 @@ __device__ __forceinline__ float gumbel(unsigned long long seed, int step, int i
 }
 
 struct LmheadOp {
-  __device__ static int rows(const Globals &g, const int *a, int, int step) {
+  MK_HD static int rows(const Globals &g, const int *a, int, int step) {
     return step < g.lm_from_step ? 0 : a[1];
   }
-  __device__ static const bf16 *row(const Globals &g, const int *a, int, int k) {
+  MK_HD static const bf16 *row(const Globals &g, const int *a, int, int k) {
     return g.lm_head + (size_t)(a[0] + k) * g.dim;
   }
   __device__ static bool run(const Globals &g, Smem &s, PageCursor &cur, const int *a, int, int step) {

@@ -19,22 +19,22 @@ namespace mk {
 
 constexpr int kMaxChunksPerLane = kMaxDim / 8 / 32;  // 8 for dim 2048
 
-__device__ __forceinline__ int rows_per_page(int dim) { return kPageBytes / (2 * dim); }
+MK_HD int rows_per_page(int dim) { return kPageBytes / (2 * dim); }
 
 // Ops whose rows come in pairs (QKV: the two RoPE halves; GATEUP: gate and up) lay each page out as the first rows of
 // its pairs, then their second rows, so that consecutive pairs are contiguous runs the producer copies in one go.
 struct PairLayout {
   int R, P, npairs;  // rows per page, pairs per full page, pairs of the instruction
-  __device__ PairLayout(int dim, int n) : R(rows_per_page(dim)), P(rows_per_page(dim) / 2), npairs(n) {}
-  __device__ __forceinline__ int pairs_in_page(int q) const { return min(P, npairs - q * P); }
+  MK_HD PairLayout(int dim, int n) : R(rows_per_page(dim)), P(rows_per_page(dim) / 2), npairs(n) {}
+  MK_HD int pairs_in_page(int q) const { return P < npairs - q * P ? P : npairs - q * P; }
   // Virtual row k -> (pair, half).
-  __device__ __forceinline__ void of_vrow(int k, int *pair, int *half) const {
+  MK_HD void of_vrow(int k, int *pair, int *half) const {
     const int q = k / R, j = k % R, pip = pairs_in_page(q);
     *half = j >= pip;
     *pair = q * P + (*half ? j - pip : j);
   }
   // (pair, half) -> virtual row.
-  __device__ __forceinline__ int vrow(int m, int half) const {
+  MK_HD int vrow(int m, int half) const {
     const int q = m / P;
     return q * R + half * pairs_in_page(q) + m % P;
   }

@@ -7,8 +7,8 @@
 namespace mk {
 
 struct OprojOp {
-  __device__ static int rows(const Globals &, const int *a, int, int) { return a[1]; }
-  __device__ static const bf16 *row(const Globals &g, const int *a, int layer, int k) {
+  MK_HD static int rows(const Globals &, const int *a, int, int) { return a[1]; }
+  MK_HD static const bf16 *row(const Globals &g, const int *a, int layer, int k) {
     return g.layers[layer].wo + (size_t)(a[0] + k) * g.dim;
   }
   __device__ static bool run(const Globals &g, Smem &s, PageCursor &cur, const int *a, int layer, int step) {

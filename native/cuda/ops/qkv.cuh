@@ -9,19 +9,19 @@ namespace mk {
 
 struct QkvOp {
   // Fused output row fr -> its weight row.
-  __device__ static const bf16 *fused_row(const Globals &g, int layer, int fr) {
+  MK_HD static const bf16 *fused_row(const Globals &g, int layer, int fr) {
     const LayerW &w = g.layers[layer];
     const int q_rows = g.n_heads * g.hd, kv_rows = g.n_kv * g.hd;
     if (fr < q_rows) return w.wq + (size_t)fr * g.dim;
     if (fr < q_rows + kv_rows) return w.wk + (size_t)(fr - q_rows) * g.dim;
     return w.wv + (size_t)(fr - q_rows - kv_rows) * g.dim;
   }
-  __device__ static int fused_of(const Globals &g, int pair, int half) {
+  MK_HD static int fused_of(const Globals &g, int pair, int half) {
     const int half_hd = g.hd / 2;
     return (pair / half_hd) * g.hd + pair % half_hd + half * half_hd;
   }
-  __device__ static int rows(const Globals &, const int *a, int, int) { return 2 * a[1]; }
-  __device__ static const bf16 *row(const Globals &g, const int *a, int layer, int k) {
+  MK_HD static int rows(const Globals &, const int *a, int, int) { return 2 * a[1]; }
+  MK_HD static const bf16 *row(const Globals &g, const int *a, int layer, int k) {
     int pair, half;
     PairLayout(g.dim, a[1]).of_vrow(k, &pair, &half);
     return fused_row(g, layer, fused_of(g, a[0] + pair, half));
