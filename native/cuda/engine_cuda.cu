@@ -191,6 +191,8 @@ mk::Globals base_globals(const mk_engine *e, const CudaState *st) {
   if (const char *rp = getenv("MKCHAT_RING_PAGES")) g.ring_pages = atoi(rp);
   g.matvec_mode = 0;
   if (const char *mv = getenv("MKCHAT_MATVEC")) g.matvec_mode = atoi(mv);
+  g.l2_ahead = 0;
+  if (const char *la = getenv("MKCHAT_L2_AHEAD")) g.l2_ahead = atoi(la);
   int *dn = nullptr, *dc = nullptr;
   cudaHostGetDevicePointer((void **)&dn, (void *)&st->hs->n, 0);
   cudaHostGetDevicePointer((void **)&dc, (void *)&st->hs->cancel, 0);

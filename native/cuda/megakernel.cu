@@ -95,34 +95,64 @@ __device__ static bool run_op(const Globals &g, Smem &s, PageCursor &cur, int op
 }
 
 // --- producer warp: stream the weights of every instruction, token after token ----------------------------------
-// The warp loads 32 descriptors at a time (one per lane, coalesced); lane 0 walks them and drives the ring.
+// A queue's descriptors are contiguous (its instructions are), so the warp streams [C0, C1) once per step, 32
+// descriptors per coalesced load with the next batch already in flight; lane 0 drives the ring. Optionally it also
+// asks L2 to prefetch the copy `l2_ahead` descriptors ahead (Globals.l2_ahead, MKCHAT_L2_AHEAD; <= 32). LMHEAD's
+// descriptors are skipped on prompt steps whose logits nobody reads.
 __device__ static void produce(const Globals &g, Smem &s, int q0, int q1) {
   const int lane = threadIdx.x & 31;
+  const int C0 = g.copy_start[q0], C1 = g.copy_start[q1];
+  if (C1 == C0) {
+    if (lane == 0) s.producer_done = 1;
+    return;
+  }
+  int S0 = C1, S1 = C1;  // this queue's LMHEAD descriptors
+  for (int i = q0; i < q1; ++i) {
+    if (g.instr[i * MK_INSTR_WORDS + MK_I_OP] != MK_OP_LMHEAD) continue;
+    S0 = min(S0, g.copy_start[i]);
+    S1 = g.copy_start[i + 1];
+  }
+  const int ahead = min(g.l2_ahead, 32);
+  auto load = [&](int base) {
+    uint4 d = make_uint4(0, 0, 0, 0);
+    if (base + lane < C1) d = __ldg(reinterpret_cast<const uint4 *>(g.copies + base + lane));
+    return d;
+  };
   PageIssuer iss;
   uint8_t *page = nullptr;
   uint64_t *bar = nullptr;
+  uint4 cur = load(C0);
   for (int step = 0; step < g.n_steps; ++step) {
-    for (int i = q0; i < q1; ++i) {
-      if (g.instr[i * MK_INSTR_WORDS + MK_I_OP] == MK_OP_LMHEAD && step < g.lm_from_step) continue;
-      const int c1 = g.copy_start[i + 1];
-      for (int base = g.copy_start[i]; base < c1; base += 32) {
-        uint4 d = make_uint4(0, 0, 0, 0);
-        if (base + lane < c1) d = __ldg(reinterpret_cast<const uint4 *>(g.copies + base + lane));
-        const int nb = min(32, c1 - base);
-        for (int j = 0; j < nb; ++j) {
-          const uint32_t lo = __shfl_sync(0xffffffffu, d.x, j), hi = __shfl_sync(0xffffffffu, d.y, j);
-          const uint32_t bytes = __shfl_sync(0xffffffffu, d.z, j), meta = __shfl_sync(0xffffffffu, d.w, j);
-          int ok = 1;
-          if (lane == 0) {
-            if (meta & kCopyFirst) ok = iss.begin(s, &page, &bar, copy_page_bytes(meta));
-            if (ok) {
-              bulk_load(page + copy_dst(meta), reinterpret_cast<const void *>(((uint64_t)hi << 32) | lo), bytes, bar);
-              if (meta & kCopyLast) iss.end(s);
-            }
-          }
-          if (!__shfl_sync(0xffffffffu, ok, 0)) goto done;
+    const bool skip_lm = step < g.lm_from_step;
+    for (int base = C0; base < C1; base += 32) {
+      const int next_base = base + 32 < C1 ? base + 32 : C0;
+      const uint4 nxt = load(next_base);  // in flight while this batch is issued
+      const int nb = min(32, C1 - base);
+      for (int j = 0; j < nb; ++j) {
+        if (ahead > 0) {  // L2 prefetch of the copy `ahead` descriptors on (wrapping into the next batch)
+          const int k = j + ahead;
+          const uint32_t plo = __shfl_sync(0xffffffffu, k < 32 ? cur.x : nxt.x, k & 31);
+          const uint32_t phi = __shfl_sync(0xffffffffu, k < 32 ? cur.y : nxt.y, k & 31);
+          const uint32_t pbytes = __shfl_sync(0xffffffffu, k < 32 ? cur.z : nxt.z, k & 31);
+          if (lane == 0 && pbytes)
+            asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(((uint64_t)phi << 32) | plo), "r"(pbytes)
+                         : "memory");
         }
+        const int c = base + j;
+        const uint32_t lo = __shfl_sync(0xffffffffu, cur.x, j), hi = __shfl_sync(0xffffffffu, cur.y, j);
+        const uint32_t bytes = __shfl_sync(0xffffffffu, cur.z, j), meta = __shfl_sync(0xffffffffu, cur.w, j);
+        if (skip_lm && c >= S0 && c < S1) continue;
+        int ok = 1;
+        if (lane == 0) {
+          if (meta & kCopyFirst) ok = iss.begin(s, &page, &bar, copy_page_bytes(meta));
+          if (ok) {
+            bulk_load(page + copy_dst(meta), reinterpret_cast<const void *>(((uint64_t)hi << 32) | lo), bytes, bar);
+            if (meta & kCopyLast) iss.end(s);
+          }
+        }
+        if (!__shfl_sync(0xffffffffu, ok, 0)) goto done;
       }
+      cur = nxt;
     }
   }
 done:

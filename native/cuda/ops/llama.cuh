@@ -98,6 +98,7 @@ struct Globals {
   int trace_step;
   int ring_pages;             // pages of the ring in use (kPages; MKCHAT_RING_PAGES overrides, for tuning)
   int matvec_mode;            // 0: every warp on every row, 1: one warp per row (MKCHAT_MATVEC, for tuning)
+  int l2_ahead;               // producer's L2 prefetch distance in copy descriptors, 0 = off (MKCHAT_L2_AHEAD)
 };
 
 // --- helpers shared by the ops -----------------------------------------------------------------------------------
