@@ -57,8 +57,7 @@ struct CudaState {
   int tokens_cap = 0;
   mk::Ctrl *ctrl = nullptr;
   // program
-  int *instr = nullptr, *queue_start = nullptr, *per_token = nullptr, *copy_start = nullptr;
-  mk::CopyDesc *copies = nullptr;
+  int *instr = nullptr, *queue_start = nullptr, *per_token = nullptr;
   uint32_t *counters = nullptr, *attn_arrive = nullptr;
   float *attn_part = nullptr;
   mk::LmPart *lm_part = nullptr;
@@ -130,13 +129,42 @@ int upload(mk_engine *e, CudaState *st, const uint16_t *host, size_t n_elems, co
   return MK_OK;
 }
 
-// Wd (dim, hidden) -> chunk-major (hidden/dim, dim, dim): DOWN's pieces become contiguous (see ops/down.cuh).
+// --- the device weight layout (ops/llama.cuh LayerW): every instruction's rows contiguous ---------------------------
+// Wd (dim, hidden) -> chunk-major (hidden/dim, dim, dim).
 int upload_down(mk_engine *e, CudaState *st, const uint16_t *host, int dim, int hidden, const bf16 **dst) {
   std::vector<uint16_t> re((size_t)dim * hidden);
   const int chunks = hidden / dim;
   for (int c = 0; c < chunks; ++c)
     for (int r = 0; r < dim; ++r)
       memcpy(&re[((size_t)c * dim + r) * dim], host + (size_t)r * hidden + (size_t)c * dim, sizeof(uint16_t) * dim);
+  return upload(e, st, re.data(), re.size(), dst);
+}
+
+// Wq, Wk, Wv -> fused rows in RoPE-pair order: row 2p, 2p+1 = the two rows RoPE rotates together (QkvOp::fused_of).
+int upload_qkv(mk_engine *e, CudaState *st, const mk_layer_weights &w, const mk_model_config &c, const bf16 **dst) {
+  const int dim = c.dim, hd = c.head_dim, half = hd / 2;
+  const int q_rows = c.n_heads * hd, kv_rows = c.n_kv_heads * hd, rows = q_rows + 2 * kv_rows;
+  std::vector<uint16_t> re((size_t)rows * dim);
+  for (int p = 0; p < rows / 2; ++p) {
+    for (int h = 0; h < 2; ++h) {
+      const int fr = (p / half) * hd + p % half + h * half;
+      const uint16_t *src = fr < q_rows             ? w.wq + (size_t)fr * dim
+                            : fr < q_rows + kv_rows ? w.wk + (size_t)(fr - q_rows) * dim
+                                                    : w.wv + (size_t)(fr - q_rows - kv_rows) * dim;
+      memcpy(&re[(size_t)(2 * p + h) * dim], src, sizeof(uint16_t) * dim);
+    }
+  }
+  return upload(e, st, re.data(), re.size(), dst);
+}
+
+// Wgate, Wup -> interleaved rows: gate r at 2r, up r at 2r+1.
+int upload_gate_up(mk_engine *e, CudaState *st, const mk_layer_weights &w, const mk_model_config &c, const bf16 **dst) {
+  const size_t dim = c.dim;
+  std::vector<uint16_t> re((size_t)2 * c.hidden_dim * dim);
+  for (int r = 0; r < c.hidden_dim; ++r) {
+    memcpy(&re[(2 * (size_t)r) * dim], w.w_gate + (size_t)r * dim, sizeof(uint16_t) * dim);
+    memcpy(&re[(2 * (size_t)r + 1) * dim], w.w_up + (size_t)r * dim, sizeof(uint16_t) * dim);
+  }
   return upload(e, st, re.data(), re.size(), dst);
 }
 
@@ -168,8 +196,6 @@ mk::Globals base_globals(const mk_engine *e, const CudaState *st) {
   g.instr = st->instr;
   g.queue_start = st->queue_start;
   g.per_token = st->per_token;
-  g.copies = st->copies;
-  g.copy_start = st->copy_start;
   g.attn_splits = st->attn_splits;
   g.resid = st->resid;
   g.q = st->q;
@@ -189,10 +215,6 @@ mk::Globals base_globals(const mk_engine *e, const CudaState *st) {
   g.start_pos = e->pos;
   g.ring_pages = mk::kPages;
   if (const char *rp = getenv("MKCHAT_RING_PAGES")) g.ring_pages = atoi(rp);
-  g.matvec_mode = 0;
-  if (const char *mv = getenv("MKCHAT_MATVEC")) g.matvec_mode = atoi(mv);
-  g.l2_ahead = 0;
-  if (const char *la = getenv("MKCHAT_L2_AHEAD")) g.l2_ahead = atoi(la);
   int *dn = nullptr, *dc = nullptr;
   cudaHostGetDevicePointer((void **)&dn, (void *)&st->hs->n, 0);
   cudaHostGetDevicePointer((void **)&dc, (void *)&st->hs->cancel, 0);
@@ -355,13 +377,10 @@ extern "C" int mk_cuda_load(mk_engine *e) {
     const mk_layer_weights &w = e->w.layers[l];
     mk::LayerW &d = st->layers[l];
     if ((rc = upload(e, st, w.attn_norm, dim, &d.attn_norm))) return rc;
-    if ((rc = upload(e, st, w.wq, c.n_heads * hd * dim, &d.wq))) return rc;
-    if ((rc = upload(e, st, w.wk, c.n_kv_heads * hd * dim, &d.wk))) return rc;
-    if ((rc = upload(e, st, w.wv, c.n_kv_heads * hd * dim, &d.wv))) return rc;
+    if ((rc = upload_qkv(e, st, w, c, &d.wqkv))) return rc;
     if ((rc = upload(e, st, w.wo, dim * c.n_heads * hd, &d.wo))) return rc;
     if ((rc = upload(e, st, w.ffn_norm, dim, &d.ffn_norm))) return rc;
-    if ((rc = upload(e, st, w.w_gate, (size_t)c.hidden_dim * dim, &d.wg))) return rc;
-    if ((rc = upload(e, st, w.w_up, (size_t)c.hidden_dim * dim, &d.wu))) return rc;
+    if ((rc = upload_gate_up(e, st, w, c, &d.wgu))) return rc;
     if ((rc = upload_down(e, st, w.w_down, c.dim, c.hidden_dim, &d.wd))) return rc;
   }
   CK(e, cudaMalloc(&st->d_layers, sizeof(mk::LayerW) * c.n_layers));
@@ -399,12 +418,8 @@ extern "C" int mk_cuda_set_program(mk_engine *e, const int32_t *words, int32_t n
       return mk_set_error(e, MK_ERR_INVALID, "instruction %d: %s of %d rows (at most %d on CUDA)", i,
                           mk_op_name(w[MK_I_OP]), w[MK_I_A1], mk::kMaxRows);
   }
-  if (st->layers.empty())
-    return mk_set_error(e, MK_ERR_STATE, "CUDA engine: load the weights before installing a program");
   cudaFree(st->instr);
   cudaFree(st->queue_start);
-  cudaFree(st->copies);
-  cudaFree(st->copy_start);
   cudaFree(st->per_token);
   cudaFree(st->counters);
   cudaFree(st->attn_part);
@@ -417,17 +432,6 @@ extern "C" int mk_cuda_set_program(mk_engine *e, const int32_t *words, int32_t n
   CK(e, cudaMalloc(&st->per_token, sizeof(int) * v.n_counters));
   CK(e, cudaMemcpy(st->per_token, v.per_token, sizeof(int) * v.n_counters, cudaMemcpyHostToDevice));
   CK(e, cudaMalloc(&st->counters, sizeof(uint32_t) * v.n_counters));
-  {  // the weight stream of every instruction, compiled once here (see mk::CopyDesc)
-    mk::Globals hg = base_globals(e, st);
-    hg.layers = st->layers.data();
-    std::vector<mk::CopyDesc> copies;
-    std::vector<int> start;
-    mk::compile_copies(hg, v.instr, v.n_instructions, copies, start);
-    CK(e, cudaMalloc(&st->copies, sizeof(mk::CopyDesc) * std::max<size_t>(1, copies.size())));
-    CK(e, cudaMemcpy(st->copies, copies.data(), sizeof(mk::CopyDesc) * copies.size(), cudaMemcpyHostToDevice));
-    CK(e, cudaMalloc(&st->copy_start, sizeof(int) * start.size()));
-    CK(e, cudaMemcpy(st->copy_start, start.data(), sizeof(int) * start.size(), cudaMemcpyHostToDevice));
-  }
   CK(e, cudaMalloc(&st->attn_part,
                    sizeof(float) * e->cfg.n_heads * v.attn_splits * (e->cfg.head_dim + 2)));
   CK(e, cudaMalloc(&st->lm_part, sizeof(mk::LmPart) * std::max(1, v.n_lm_parts)));
@@ -586,7 +590,6 @@ extern "C" void mk_cuda_free(mk_engine *e) {
   for (void *p : st->weight_allocs) cudaFree(p);
   void *dev[] = {st->d_layers, st->inv_freq, st->resid, st->q, st->attn, st->h, st->logits, st->kcache, st->vcache,
                  st->tokens, st->ctrl, st->instr, st->queue_start, st->per_token, st->counters, st->attn_arrive,
-                 st->copies, st->copy_start,
                  st->attn_part, st->lm_part};
   for (void *p : dev) cudaFree(p);
   void *host[] = {st->hs, st->h_tokens, st->h_t_ns, st->h_logprob, st->h_top_ids, st->h_top_lp};

@@ -12,71 +12,18 @@
 #include "ops/sample.cuh"
 #include "../program.h"
 
-#include <vector>
-
 namespace mk {
 
-// --- host: compile every instruction's weight rows into copy descriptors -----------------------------------------
-// Rows contiguous in memory within a page become one copy (a whole page for LMHEAD/OPROJ; the two PairLayout halves
-// for QKV and GATEUP; DOWN's strided slices stay one copy per row).
-template <typename RowFn>
-static void compile_rows(int n, int dim, RowFn row_fn, std::vector<CopyDesc> &out) {
-  const int R = rows_per_page(dim);
-  const uint32_t row_bytes = 2u * dim;
-  for (int first = 0; first < n; first += R) {
-    const int nr = n - first < R ? n - first : R;
-    const size_t page_begin = out.size();
-    const bf16 *run = row_fn(first);
-    int run_start = 0, run_len = 1;
-    auto flush = [&] {
-      out.push_back({(unsigned long long)run, run_len * row_bytes, (uint32_t)(run_start * row_bytes / 16)});
-    };
-    for (int j = 1; j < nr; ++j) {
-      const bf16 *r = row_fn(first + j);
-      if (r == run + (size_t)run_len * dim) {
-        ++run_len;
-      } else {
-        flush();
-        run = r;
-        run_start = j;
-        run_len = 1;
-      }
-    }
-    flush();
-    out[page_begin].meta |= kCopyFirst | ((nr * row_bytes / 16) << 16);
-    out.back().meta |= kCopyLast;
-  }
-}
-
-void compile_copies(const Globals &hg, const int *instr, int n_instr, std::vector<CopyDesc> &copies,
-                    std::vector<int> &start) {
-  copies.clear();
-  start.assign(1, 0);
-  for (int i = 0; i < n_instr; ++i) {
-    const int *w = instr + (size_t)i * MK_INSTR_WORDS;
-    const int op = w[MK_I_OP], layer = w[MK_I_LAYER];
-    const int *a = w + MK_I_A0;
-    switch (op) {
-      case MK_OP_QKV:
-        compile_rows(QkvOp::rows(hg, a, layer, 0), hg.dim, [&](int k) { return QkvOp::row(hg, a, layer, k); }, copies);
-        break;
-      case MK_OP_OPROJ:
-        compile_rows(OprojOp::rows(hg, a, layer, 0), hg.dim, [&](int k) { return OprojOp::row(hg, a, layer, k); },
-                     copies);
-        break;
-      case MK_OP_GATEUP:
-        compile_rows(GateupOp::rows(hg, a, layer, 0), hg.dim, [&](int k) { return GateupOp::row(hg, a, layer, k); },
-                     copies);
-        break;
-      case MK_OP_DOWN:
-        compile_rows(DownOp::rows(hg, a, layer, 0), hg.dim, [&](int k) { return DownOp::row(hg, a, layer, k); }, copies);
-        break;
-      case MK_OP_LMHEAD:
-        compile_rows(a[1], hg.dim, [&](int k) { return LmheadOp::row(hg, a, layer, k); }, copies);
-        break;
-      default: break;
-    }
-    start.push_back((int)copies.size());
+// The weights an instruction streams: `rows` contiguous rows of `dim` bf16 starting at `first` (none for ATTN,
+// SAMPLE and skipped LM-head steps).
+__device__ static int op_weights(const Globals &g, int op, const int *a, int layer, int step, const bf16 **first) {
+  switch (op) {
+    case MK_OP_QKV: *first = QkvOp::first_row(g, a, layer); return QkvOp::rows(g, a, layer, step);
+    case MK_OP_OPROJ: *first = OprojOp::first_row(g, a, layer); return OprojOp::rows(g, a, layer, step);
+    case MK_OP_GATEUP: *first = GateupOp::first_row(g, a, layer); return GateupOp::rows(g, a, layer, step);
+    case MK_OP_DOWN: *first = DownOp::first_row(g, a, layer); return DownOp::rows(g, a, layer, step);
+    case MK_OP_LMHEAD: *first = LmheadOp::first_row(g, a, layer); return LmheadOp::rows(g, a, layer, step);
+    default: return 0;
   }
 }
 
@@ -94,72 +41,31 @@ __device__ static bool run_op(const Globals &g, Smem &s, PageCursor &cur, int op
   }
 }
 
-// --- producer warp: stream the weights of every instruction, token after token ----------------------------------
-// A queue's descriptors are contiguous (its instructions are), so the warp streams [C0, C1) once per step, 32
-// descriptors per coalesced load with the next batch already in flight; lane 0 drives the ring. Optionally it also
-// asks L2 to prefetch the copy `l2_ahead` descriptors ahead (Globals.l2_ahead, MKCHAT_L2_AHEAD; <= 32). LMHEAD's
-// descriptors are skipped on prompt steps whose logits nobody reads.
+// --- producer (lane 0 of warp 8): stream the weights of every instruction, token after token -------------------
+// Every instruction's rows are contiguous (the engine's weight layout), so a page is one bulk copy and the producer's
+// work per page is a few instructions: the producer is a single thread on the critical path (PERF_LOG v3-v8).
 __device__ static void produce(const Globals &g, Smem &s, int q0, int q1) {
-  const int lane = threadIdx.x & 31;
-  const int C0 = g.copy_start[q0], C1 = g.copy_start[q1];
-  if (C1 == C0) {
-    if (lane == 0) s.producer_done = 1;
-    return;
-  }
-  int S0 = C1, S1 = C1;  // this queue's LMHEAD descriptors
-  for (int i = q0; i < q1; ++i) {
-    if (g.instr[i * MK_INSTR_WORDS + MK_I_OP] != MK_OP_LMHEAD) continue;
-    S0 = min(S0, g.copy_start[i]);
-    S1 = g.copy_start[i + 1];
-  }
-  const int ahead = min(g.l2_ahead, 32);
-  auto load = [&](int base) {
-    uint4 d = make_uint4(0, 0, 0, 0);
-    if (base + lane < C1) d = __ldg(reinterpret_cast<const uint4 *>(g.copies + base + lane));
-    return d;
-  };
   PageIssuer iss;
-  uint8_t *page = nullptr;
-  uint64_t *bar = nullptr;
-  uint4 cur = load(C0);
+  const int R = rows_per_page(g.dim);
+  const uint32_t row_bytes = 2u * g.dim;
   for (int step = 0; step < g.n_steps; ++step) {
-    const bool skip_lm = step < g.lm_from_step;
-    for (int base = C0; base < C1; base += 32) {
-      const int next_base = base + 32 < C1 ? base + 32 : C0;
-      const uint4 nxt = load(next_base);  // in flight while this batch is issued
-      const int nb = min(32, C1 - base);
-      for (int j = 0; j < nb; ++j) {
-        if (ahead > 0) {  // L2 prefetch of the copy `ahead` descriptors on (wrapping into the next batch)
-          const int k = j + ahead;
-          const uint32_t plo = __shfl_sync(0xffffffffu, k < 32 ? cur.x : nxt.x, k & 31);
-          const uint32_t phi = __shfl_sync(0xffffffffu, k < 32 ? cur.y : nxt.y, k & 31);
-          const uint32_t pbytes = __shfl_sync(0xffffffffu, k < 32 ? cur.z : nxt.z, k & 31);
-          if (lane == 0 && pbytes)
-            asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(((uint64_t)phi << 32) | plo), "r"(pbytes)
-                         : "memory");
-        }
-        const int c = base + j;
-        const uint32_t lo = __shfl_sync(0xffffffffu, cur.x, j), hi = __shfl_sync(0xffffffffu, cur.y, j);
-        const uint32_t bytes = __shfl_sync(0xffffffffu, cur.z, j), meta = __shfl_sync(0xffffffffu, cur.w, j);
-        if (skip_lm && c >= S0 && c < S1) continue;
-        int ok = 1;
-        if (lane == 0) {
-          if (meta & kCopyFirst) ok = iss.begin(s, &page, &bar, copy_page_bytes(meta));
-          if (ok) {
-            bulk_load(page + copy_dst(meta), reinterpret_cast<const void *>(((uint64_t)hi << 32) | lo), bytes, bar);
-            if (meta & kCopyLast) iss.end(s);
-          }
-        }
-        if (!__shfl_sync(0xffffffffu, ok, 0)) goto done;
+    for (int i = q0; i < q1; ++i) {
+      const int *w = g.instr + i * MK_INSTR_WORDS;
+      const bf16 *src = nullptr;
+      const int n = op_weights(g, w[MK_I_OP], w + MK_I_A0, w[MK_I_LAYER], step, &src);
+      for (int first = 0; first < n; first += R) {
+        const uint32_t bytes = (uint32_t)min(R, n - first) * row_bytes;
+        uint8_t *page;
+        uint64_t *bar;
+        if (!iss.begin(s, &page, &bar, bytes)) goto done;
+        bulk_load(page, src + (size_t)first * g.dim, bytes, bar);
+        iss.end(s);
       }
-      cur = nxt;
     }
   }
 done:
-  if (lane == 0) {
-    __threadfence_block();
-    s.producer_done = 1;
-  }
+  __threadfence_block();
+  s.producer_done = 1;
 }
 
 // --- consumer warps: wait, compute, signal -------------------------------------------------------------------------
@@ -217,7 +123,7 @@ __global__ void __launch_bounds__(kThreads, 1) megakernel(const __grid_constant_
   __syncthreads();
   const int q0 = g.queue_start[blockIdx.x], q1 = g.queue_start[blockIdx.x + 1];
   if (threadIdx.x / 32 == kProducerWarp) {
-    produce(g, s, q0, q1);
+    if ((threadIdx.x & 31) == 0) produce(g, s, q0, q1);
     return;
   }
   consume(g, s, q0, q1);

@@ -2,8 +2,6 @@
 #pragma once
 #include <cuda_runtime.h>
 
-#include <vector>
-
 #include "ops/llama.cuh"
 
 namespace mk {
@@ -11,10 +9,6 @@ namespace mk {
 constexpr size_t kMegakernelSmem = sizeof(Smem);
 // Launch the megakernel, one block per queue, cooperatively (all blocks co-resident: they wait on each other).
 cudaError_t launch_megakernel(const Globals &g, int n_queues, cudaStream_t stream);
-// Compile the weight rows of every instruction into copy descriptors (hg: the model's view with host-readable
-// layers[] holding device pointers). copies/start as in Globals.
-void compile_copies(const Globals &hg, const int *instr, int n_instr, std::vector<CopyDesc> &copies,
-                    std::vector<int> &start);
 // Read `bytes` (multiple of 16) from `src` with 16-byte loads on every SM; *sink keeps the reads alive.
 cudaError_t launch_read_probe(const void *src, size_t bytes, unsigned long long *sink, int n_sms, cudaStream_t stream);
 }  // namespace mk

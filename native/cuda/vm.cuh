@@ -37,7 +37,6 @@ struct __align__(128) Smem {
   float xs[kMaxDim];                       // the instruction's input vector (normalised), fp32
   float out[kMaxRows];                     // per-row results of the instruction's matvec
   int ids[kMaxRows];                       // scratch ids (sorting, sampling)
-  float red[2][32];                        // matvec_rows_split: per-page warp partials, double-buffered
   float scratch[2 * kConsumerWarps * 32];  // reductions, attention partials
   uint64_t full[kPages];                   // producer -> consumers: page holds its bytes
   uint64_t empty[kPages];                  // consumers -> producer: page may be overwritten
@@ -90,20 +89,6 @@ __device__ __forceinline__ uint32_t ld_acquire(const uint32_t *p) {
   asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
   return v;
 }
-
-// --- copy descriptors: the weight stream, compiled by the host from the ops' row functions ---------------------------
-// One bulk copy into a page. A page is filled by consecutive descriptors, the first one carrying the page's total
-// bytes (for the mbarrier's transaction count) and the last one closing it. Precomputed because the producer is one
-// thread whose per-row address arithmetic was the bottleneck (PERF_LOG v6).
-struct CopyDesc {
-  unsigned long long src;  // global address
-  uint32_t bytes;          // multiple of 16
-  uint32_t meta;           // kCopyFirst | kCopyLast | page bytes/16 << 16 (first only) | destination offset/16
-};
-constexpr uint32_t kCopyFirst = 1u << 30, kCopyLast = 1u << 31;
-MK_HD uint32_t copy_dst(uint32_t meta) { return (meta & 0xffffu) * 16u; }
-MK_HD uint32_t copy_page_bytes(uint32_t meta) { return ((meta >> 16) & 0xfffu) * 16u; }
-static_assert(kPageBytes / 16 <= 0xfff, "page size must fit the descriptor's 12-bit field");
 
 // --- launch-wide control block (device memory) -------------------------------------------------------------------
 struct Ctrl {

@@ -17,7 +17,6 @@ constexpr int kTile = 32;       // positions per staged K/V tile: 2 x 32 x 64 x 
 
 struct AttnOp {
   __device__ static int rows(const Globals &, const int *, int, int) { return 0; }  // streams no weights
-  __device__ static const bf16 *row(const Globals &, const int *, int, int) { return nullptr; }
 
   __device__ static bool run(const Globals &g, Smem &s, PageCursor &, const int *a, int layer, int step) {
     const int kvh = a[0], split = a[1], S = g.attn_splits, hd = g.hd;

@@ -8,10 +8,9 @@ namespace mk {
 
 struct DownOp {
   MK_HD static int rows(const Globals &, const int *a, int, int) { return a[1]; }
-  // The CUDA engine stores Wd chunk-major, [hidden/dim][dim rows][dim] (engine_cuda.cu upload_down), so the rows of
-  // one chunk are contiguous and a page is a single bulk copy.
-  MK_HD static const bf16 *row(const Globals &g, const int *a, int layer, int k) {
-    return g.layers[layer].wd + ((size_t)a[2] * g.dim + (a[0] + k)) * g.dim;
+  // LayerW.wd is chunk-major, so the rows of one chunk are contiguous.
+  MK_HD static const bf16 *first_row(const Globals &g, const int *a, int layer) {
+    return g.layers[layer].wd + ((size_t)a[2] * g.dim + a[0]) * g.dim;
   }
   __device__ static bool run(const Globals &g, Smem &s, PageCursor &cur, const int *a, int layer, int) {
     stage_vector(g, s, g.h + (size_t)a[2] * g.dim);

@@ -9,14 +9,16 @@ namespace mk {
 constexpr int kMaxHeadDim = 128;  // widest attention head the ATTN op handles
 constexpr int kMaxSplits = 16;    // attention splits per kv head (bounded so one tile of partials stays small)
 
+// The CUDA engine re-lays the checkpoint's matrices at load (engine_cuda.cu) so that the rows of every instruction
+// are contiguous and each page is one bulk copy with no address arithmetic in the producer:
 struct LayerW {
   const bf16 *attn_norm;    // (dim)
-  const bf16 *wq;           // (n_heads*hd, dim)
-  const bf16 *wk, *wv;      // (n_kv*hd, dim)
+  const bf16 *wqkv;         // ((n_heads + 2 n_kv) hd, dim): the fused [q; k; v] rows in RoPE-pair order, row 2p and
+                            // 2p+1 = the two rows of pair p (QkvOp::fused_of)
   const bf16 *wo;           // (dim, n_heads*hd)
   const bf16 *ffn_norm;     // (dim)
-  const bf16 *wg, *wu;      // (hidden, dim)
-  const bf16 *wd;           // (hidden/dim chunks, dim, dim): the checkpoint's (dim, hidden) re-laid chunk-major
+  const bf16 *wgu;          // (2 hidden, dim): gate row r at 2r, up row r at 2r+1
+  const bf16 *wd;           // (hidden/dim, dim, dim): the (dim, hidden) matrix chunk-major
 };
 
 // One LMHEAD instruction's summary of its slice of the vocabulary.
@@ -69,8 +71,6 @@ struct Globals {
   const int *instr;         // [n_instr][16]
   const int *queue_start;   // [n_queues + 1]
   const int *per_token;     // [n_counters]
-  const CopyDesc *copies;   // the weight stream of every instruction, in queue order
-  const int *copy_start;    // [n_instr + 1]: instruction i's descriptors are copies[copy_start[i] .. copy_start[i+1])
   int attn_splits;
   // buffers (program.h)
   float *resid;             // [2*n_layers + 1][dim]; index 0 unused (layer 0 reads the embedding)
@@ -97,8 +97,6 @@ struct Globals {
   unsigned long long *trace;
   int trace_step;
   int ring_pages;             // pages of the ring in use (kPages; MKCHAT_RING_PAGES overrides, for tuning)
-  int matvec_mode;            // 0: every warp on every row, 1: one warp per row (MKCHAT_MATVEC, for tuning)
-  int l2_ahead;               // producer's L2 prefetch distance in copy descriptors, 0 = off (MKCHAT_L2_AHEAD)
 };
 
 // --- helpers shared by the ops -----------------------------------------------------------------------------------

@@ -64,8 +64,8 @@ struct LmheadOp {
   MK_HD static int rows(const Globals &g, const int *a, int, int step) {
     return step < g.lm_from_step ? 0 : a[1];
   }
-  MK_HD static const bf16 *row(const Globals &g, const int *a, int, int k) {
-    return g.lm_head + (size_t)(a[0] + k) * g.dim;
+  MK_HD static const bf16 *first_row(const Globals &g, const int *a, int) {
+    return g.lm_head + (size_t)a[0] * g.dim;
   }
   __device__ static bool run(const Globals &g, Smem &s, PageCursor &cur, const int *a, int, int step) {
     if (step < g.lm_from_step) return true;

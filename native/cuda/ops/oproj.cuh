@@ -8,8 +8,8 @@ namespace mk {
 
 struct OprojOp {
   MK_HD static int rows(const Globals &, const int *a, int, int) { return a[1]; }
-  MK_HD static const bf16 *row(const Globals &g, const int *a, int layer, int k) {
-    return g.layers[layer].wo + (size_t)(a[0] + k) * g.dim;
+  MK_HD static const bf16 *first_row(const Globals &g, const int *a, int layer) {
+    return g.layers[layer].wo + (size_t)a[0] * g.dim;
   }
   __device__ static bool run(const Globals &g, Smem &s, PageCursor &cur, const int *a, int layer, int step) {
     stage_vector(g, s, g.attn);

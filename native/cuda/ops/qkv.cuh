@@ -1,30 +1,21 @@
 // qkv.cuh — MK_OP_QKV: RMSNorm + fused Q/K/V rows + RoPE (llama3 frequencies) + KV-cache append.
 // Args: a0 = first pair, a1 = pairs. Pair p is the two rows head*hd + i and head*hd + i + hd/2 (head = p / (hd/2),
-// i = p % (hd/2)) of the fused [q; k; v] output, the two values RoPE rotates together (HF rotate_half); pages hold
-// them in PairLayout order.
+// i = p % (hd/2)) of the fused [q; k; v] output, the two values RoPE rotates together (HF rotate_half); LayerW.wqkv
+// stores them as rows 2p and 2p+1, so the instruction's weights are one contiguous block.
 #pragma once
 #include "matvec.cuh"
 
 namespace mk {
 
 struct QkvOp {
-  // Fused output row fr -> its weight row.
-  MK_HD static const bf16 *fused_row(const Globals &g, int layer, int fr) {
-    const LayerW &w = g.layers[layer];
-    const int q_rows = g.n_heads * g.hd, kv_rows = g.n_kv * g.hd;
-    if (fr < q_rows) return w.wq + (size_t)fr * g.dim;
-    if (fr < q_rows + kv_rows) return w.wk + (size_t)(fr - q_rows) * g.dim;
-    return w.wv + (size_t)(fr - q_rows - kv_rows) * g.dim;
-  }
+  // Pair p's first row (half 0) and second row (half 1) in the fused [q; k; v] output.
   MK_HD static int fused_of(const Globals &g, int pair, int half) {
     const int half_hd = g.hd / 2;
     return (pair / half_hd) * g.hd + pair % half_hd + half * half_hd;
   }
   MK_HD static int rows(const Globals &, const int *a, int, int) { return 2 * a[1]; }
-  MK_HD static const bf16 *row(const Globals &g, const int *a, int layer, int k) {
-    int pair, half;
-    PairLayout(g.dim, a[1]).of_vrow(k, &pair, &half);
-    return fused_row(g, layer, fused_of(g, a[0] + pair, half));
+  MK_HD static const bf16 *first_row(const Globals &g, const int *a, int layer) {
+    return g.layers[layer].wqkv + (size_t)2 * a[0] * g.dim;
   }
 
   __device__ static bool run(const Globals &g, Smem &s, PageCursor &cur, const int *a, int layer, int step) {
@@ -35,10 +26,9 @@ struct QkvOp {
     matvec_rows(g, s, cur, 2 * a[1]);
     const int pos = g.start_pos + step;
     const int q_rows = g.n_heads * g.hd, kv_rows = g.n_kv * g.hd, half_hd = g.hd / 2;
-    const PairLayout pl(g.dim, a[1]);
     for (int k = ctid(); k < a[1]; k += kConsumerThreads) {
       const int pair = a[0] + k, fr = fused_of(g, pair, 0), i = pair % half_hd;
-      float x1 = s.out[pl.vrow(k, 0)], x2 = s.out[pl.vrow(k, 1)];
+      float x1 = s.out[2 * k], x2 = s.out[2 * k + 1];
       if (fr < q_rows + kv_rows) {  // q and k heads are rotated, v is not
         float sn, cs;
         sincosf((float)pos * g.inv_freq[i], &sn, &cs);

@@ -19,7 +19,6 @@ __device__ __forceinline__ uint32_t order_key(float f) {
 
 struct SampleOp {
   __device__ static int rows(const Globals &, const int *, int, int) { return 0; }
-  __device__ static const bf16 *row(const Globals &, const int *, int, int) { return nullptr; }
 
   // The K largest candidates of all parts, sorted, into s.out / s.ids[0..K). Radix select of the K-th largest key
   // (4 passes of 8 bits), then a gather and a small sort. Returns K.
