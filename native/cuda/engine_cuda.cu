@@ -215,8 +215,6 @@ mk::Globals base_globals(const mk_engine *e, const CudaState *st) {
   g.start_pos = e->pos;
   g.ring_pages = mk::kPages;
   if (const char *rp = getenv("MKCHAT_RING_PAGES")) g.ring_pages = atoi(rp);
-  g.l2_pages = mk::kL2Pages;
-  if (const char *lp = getenv("MKCHAT_L2_PAGES")) g.l2_pages = atoi(lp);
   int *dn = nullptr, *dc = nullptr;
   cudaHostGetDevicePointer((void **)&dn, (void *)&st->hs->n, 0);
   cudaHostGetDevicePointer((void **)&dc, (void *)&st->hs->cancel, 0);

@@ -68,43 +68,9 @@ done:
   s.producer_done = 1;
 }
 
-// --- consumer-side L2 prefetch ------------------------------------------------------------------------------------
-// While the consumers wait on a counter, the ring fills and the producer stalls: HBM would idle for this SM. So before
-// each wait the consumer threads ask L2 for the next `g.l2_pages` pages beyond the producer's frontier (s.issued), one
-// 128-byte line per thread and instruction (Globals.l2_pages; MKCHAT_L2_PAGES overrides).
-__device__ static void prefetch_ahead(const Globals &g, Smem &s, int q0, int q1, int i, int step, uint32_t page_i) {
-  const uint32_t from = max((uint32_t)s.issued, s.pf_frontier), to = (uint32_t)s.issued + g.l2_pages;
-  if (from >= to) return;
-  const int R = rows_per_page(g.dim);
-  const uint32_t row_bytes = 2u * g.dim;
-  uint32_t p = page_i;  // first page of instruction j
-  for (int j = i, st = step; p < to && st < g.n_steps;) {
-    const int *w = g.instr + j * MK_INSTR_WORDS;
-    const bf16 *src = nullptr;
-    const int n = op_weights(g, w[MK_I_OP], w + MK_I_A0, w[MK_I_LAYER], st, &src);
-    const uint32_t pages = (n + R - 1) / R;
-    for (uint32_t k = max(from, p); k < min(to, p + pages); ++k) {
-      const int first = (int)(k - p) * R;
-      const uint32_t bytes = (uint32_t)min(R, n - first) * row_bytes;
-      const char *base = reinterpret_cast<const char *>(src + (size_t)first * g.dim);
-      for (uint32_t off = ctid() * 128u; off < bytes; off += kConsumerThreads * 128u)
-        asm volatile("prefetch.global.L2 [%0];" ::"l"(base + off));
-    }
-    p += pages;
-    if (++j == q1) {
-      j = q0;
-      ++st;
-    }
-  }
-  // No barrier: each thread read s.issued on its own, windows may differ by a page, and prefetches are only hints.
-  if (ctid() == 0) s.pf_frontier = to;
-}
-
 // --- consumer warps: wait, compute, signal -------------------------------------------------------------------------
 __device__ static void consume(const Globals &g, Smem &s, int q0, int q1) {
   PageCursor cur;
-  uint32_t page_i = 0;  // pages of the instructions before this one (the producer's numbering)
-  const int R = rows_per_page(g.dim);
   for (int step = 0; step < g.n_steps; ++step) {
     if (step > 0) {  // step gate: the previous token is sampled (counter 0, program.h), then is there more to do?
       if (ctid() == 0) {
@@ -120,7 +86,6 @@ __device__ static void consume(const Globals &g, Smem &s, int q0, int q1) {
       const int op = w[MK_I_OP], layer = w[MK_I_LAYER], wait = w[MK_I_WAIT];
       const bool tracing = g.trace && step == g.trace_step && ctid() == 0;
       if (tracing) g.trace[3 * i] = global_ns();
-      if (wait >= 0 && g.l2_pages > 0) prefetch_ahead(g, s, q0, q1, i, step, page_i);
       if (ctid() == 0) {
         bool ok = true;
         if (wait >= 0) {
@@ -136,8 +101,6 @@ __device__ static void consume(const Globals &g, Smem &s, int q0, int q1) {
       const bool sig = run_op(g, s, cur, op, w + MK_I_A0, layer, step);  // ends with the consumers synced
       if (sig && w[MK_I_SIGNAL] >= 0 && ctid() == 0) signal_counter(g.counters, w[MK_I_SIGNAL]);
       if (tracing) g.trace[3 * i + 2] = global_ns();
-      const bf16 *unused;
-      page_i += (op_weights(g, op, w + MK_I_A0, layer, step, &unused) + R - 1) / R;
     }
   }
 }
@@ -154,7 +117,6 @@ __global__ void __launch_bounds__(kThreads, 1) megakernel(const __grid_constant_
     s.stop = 0;
     s.producer_done = 0;
     s.issued = 0;
-    s.pf_frontier = 0;
     asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
   }

@@ -20,7 +20,6 @@ typedef __nv_bfloat16 bf16;
 // --- configuration ------------------------------------------------------------------------------------------------
 constexpr int kPageBytes = 16384;                 // one page = 16 KiB = 4 rows of a 2048-wide bf16 matrix
 constexpr int kPages = 13;                        // 208 KiB ring: ~6 µs of one SM's share of HBM bandwidth
-constexpr int kL2Pages = 0;                       // default L2 prefetch window of the consumers (see PERF_LOG)
 constexpr int kConsumerWarps = 8;
 constexpr int kConsumerThreads = kConsumerWarps * 32;
 constexpr int kThreads = kConsumerThreads + 32;   // + the producer warp
@@ -45,7 +44,6 @@ struct __align__(128) Smem {
   volatile int producer_done;              // producer -> consumers: no page will be issued any more
   volatile uint32_t issued;                // pages issued by the producer
   uint32_t npages;                         // ring pages in use (<= kPages; Globals.ring_pages, for tuning)
-  uint32_t pf_frontier;                    // consumers' L2 prefetch reached this page (megakernel.cu prefetch_ahead)
   int flag;                                // broadcast slot among consumers
 };
 static_assert(sizeof(Smem) <= kSmemLimit, "the shared-memory layout must fit one Hopper SM");

@@ -30,13 +30,23 @@ struct AttnOp {
     uint4 *vtile = ktile + kTile * hd / 8;
     float *q = s.out;                                        // [G][hd], pre-scaled
     float *sc = reinterpret_cast<float *>(s.ids);            // [G][kTile] scores
-    if (owner) q[j * hd + d] = __ldcg(g.q + h * hd + d) * rsqrtf((float)hd);
+    // K/V tiles go through registers so that a tile's loads (and, for the first one, q's) are in flight together:
+    // one L2 round trip per tile.
     float m = -CUDART_INF_F, l = 0.f, o = 0.f;
+    const float qv = owner ? __ldcg(g.q + h * hd + d) * rsqrtf((float)hd) : 0.f;
+    bool q_stored = false;
     for (int p0 = lo; p0 < hi; p0 += kTile) {
       const int np = min(kTile, hi - p0), chunks = np * hd / 8;
+      uint4 kr = make_uint4(0, 0, 0, 0), vr = make_uint4(0, 0, 0, 0);
       if (t < chunks) {
-        ktile[t] = __ldcg(reinterpret_cast<const uint4 *>(g.kcache + (head_base + p0) * hd) + t);
-        vtile[t] = __ldcg(reinterpret_cast<const uint4 *>(g.vcache + (head_base + p0) * hd) + t);
+        kr = __ldcg(reinterpret_cast<const uint4 *>(g.kcache + (head_base + p0) * hd) + t);
+        vr = __ldcg(reinterpret_cast<const uint4 *>(g.vcache + (head_base + p0) * hd) + t);
+      }
+      if (!q_stored && owner) q[j * hd + d] = qv;
+      q_stored = true;
+      if (t < chunks) {
+        ktile[t] = kr;
+        vtile[t] = vr;
       }
       consumer_sync();
       if (t < G * kTile) {

@@ -97,7 +97,6 @@ struct Globals {
   unsigned long long *trace;
   int trace_step;
   int ring_pages;             // pages of the ring in use (kPages; MKCHAT_RING_PAGES overrides, for tuning)
-  int l2_pages;               // pages the consumers prefetch into L2 while waiting (kL2Pages; MKCHAT_L2_PAGES)
 };
 
 // --- helpers shared by the ops -----------------------------------------------------------------------------------

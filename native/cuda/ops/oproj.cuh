@@ -12,15 +12,17 @@ struct OprojOp {
     return g.layers[layer].wo + (size_t)a[0] * g.dim;
   }
   __device__ static bool run(const Globals &g, Smem &s, PageCursor &cur, const int *a, int layer, int step) {
-    stage_vector(g, s, g.attn);
-    matvec_rows(g, s, cur, a[1]);
     const float *xf;
     const bf16 *xb;
     layer_input(g, layer, step, &xf, &xb);
+    // The residual input is loaded now, in the same L2 round trip as the attention vector, not after the matvec.
+    const float x0 = ctid() < a[1] ? layer_input_at(xf, xb, a[0] + ctid()) : 0.f;
+    stage_vector(g, s, g.attn);
+    matvec_rows(g, s, cur, a[1]);
     float *r1 = g.resid + (size_t)(2 * layer + 1) * g.dim, *r2 = r1 + g.dim;
     for (int k = ctid(); k < a[1]; k += kConsumerThreads) {
       const int r = a[0] + k;
-      const float v = layer_input_at(xf, xb, r) + s.out[k];
+      const float v = (k < kConsumerThreads ? x0 : layer_input_at(xf, xb, r)) + s.out[k];
       r1[r] = v;
       r2[r] = v;
     }

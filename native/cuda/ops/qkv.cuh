@@ -22,6 +22,9 @@ struct QkvOp {
     const float *xf;
     const bf16 *xb;
     layer_input(g, layer, step, &xf, &xb);
+    const int half_hd0 = g.hd / 2;
+    // This thread's RoPE frequency, loaded before the norm so it is not one more round trip after the matvec.
+    const float freq0 = ctid() < a[1] ? __ldg(g.inv_freq + (a[0] + ctid()) % half_hd0) : 0.f;
     rmsnorm_input(g, s, xf, xb, g.layers[layer].attn_norm);
     matvec_rows(g, s, cur, 2 * a[1]);
     const int pos = g.start_pos + step;
@@ -31,7 +34,7 @@ struct QkvOp {
       float x1 = s.out[2 * k], x2 = s.out[2 * k + 1];
       if (fr < q_rows + kv_rows) {  // q and k heads are rotated, v is not
         float sn, cs;
-        sincosf((float)pos * g.inv_freq[i], &sn, &cs);
+        sincosf((float)pos * (k < kConsumerThreads ? freq0 : g.inv_freq[i]), &sn, &cs);
         const float r1 = x1 * cs - x2 * sn, r2 = x2 * cs + x1 * sn;
         x1 = r1;
         x2 = r2;
