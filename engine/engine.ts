@@ -68,7 +68,10 @@ export interface GenerateResult {
 
 /** Options of Engine.load(). */
 export interface EngineOptions {
-  /** "auto" picks CUDA when a usable GPU is there, else the CPU (with `note` saying why). */
+  /**
+   * "auto" picks CUDA when a usable GPU is there and the CUDA engine accepts the model, else the CPU (with `note`
+   * saying why); "cuda" surfaces the CUDA engine's refusal as an MkError.
+   */
   device: "auto" | Device;
   /** KV cache positions (1..max_position_embeddings). */
   ctx: number;
@@ -102,6 +105,22 @@ function pickDevice(lib: MkLibrary, wanted: EngineOptions["device"]): { device: 
   if (usable) return { device: "cuda", note: null };
   if (wanted === "cuda") throw new MkError("no-device", `--device cuda: no usable GPU: ${probe}`);
   return { device: "cpu", note: `no usable GPU (${probe}); running on the CPU` };
+}
+
+/** MkError codes with which the CUDA engine refuses a model or a GPU it cannot run (create, load or program). */
+const CUDA_REFUSALS: ReadonlySet<string> = new Set(["invalid", "unsupported-device", "no-device"]);
+
+/**
+ * Whether a failure to open the engine on CUDA should be retried on the CPU, and the one-line note that says why:
+ * only when the device was "auto" (an explicit `--device cuda` surfaces the error) and the CUDA engine refused the
+ * model or the GPU (an unsupported shape, an unsupported device, no device after all). Anything else (bad weights,
+ * I/O, out of memory, a CUDA fault) is not the CPU's to fix, so it surfaces: null.
+ */
+export function cpuFallbackNote(wanted: EngineOptions["device"], tried: Device, error: unknown): string | null {
+  if (wanted !== "auto" || tried !== "cuda") return null;
+  if (!(error instanceof MkError) || !CUDA_REFUSALS.has(error.code)) return null;
+  const why = error.message.replace(/\s+/g, " ").trim() || error.code;
+  return `the CUDA engine cannot run this model here (${why}); running on the CPU`;
 }
 
 function sleep(ms: number): { done: Promise<void>; cancel: () => void } {
@@ -167,6 +186,25 @@ export class Engine {
     }
     const { lib } = await loadLibrary();
     const { device, note } = pickDevice(lib, opts.device);
+    try {
+      return await Engine.#open(lib, files, opts, device, note, t0);
+    } catch (e) {
+      const fallback = cpuFallbackNote(opts.device, device, e);
+      if (fallback === null) throw e;
+      return await Engine.#open(lib, files, opts, "cpu", fallback, t0);
+    }
+  }
+
+  /** load() on a chosen device: create, declare and load the tensors, install the program where the device runs it. */
+  static async #open(
+    lib: MkLibrary,
+    files: ModelFiles,
+    opts: EngineOptions,
+    device: Device,
+    note: string | null,
+    t0: number,
+  ): Promise<Engine> {
+    const cfg = files.config;
     const cpuMode = opts.cpuMode === "interpreter" ? MK_CPU_INTERPRETER : MK_CPU_REFERENCE;
     const params = writeEngineParams(lib, {
       device: device === "cuda" ? MK_DEVICE_CUDA : MK_DEVICE_CPU,

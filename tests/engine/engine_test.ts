@@ -61,13 +61,22 @@ Deno.test({
   },
 });
 
+// With no usable GPU, or with one (the megakernel refuses tiny's hidden size 64): either way tiny runs on the CPU.
+Deno.test("Engine.load() with device auto falls back to the CPU with a note, GPU or not", async () => {
+  using engine = await Engine.load(files, { device: "auto", ctx: 64 });
+  assertEquals(engine.device, "cpu");
+  const note = String(engine.note);
+  assert(note.includes("running on the CPU"), note);
+  if (cudaUsable) assert(note.includes("hidden_size 64"), note);
+});
+
 Deno.test({
-  name: "Engine.load() with device auto falls back to the CPU with a note",
-  ignore: cudaUsable,
+  name: "Engine.load() with device cuda on a GPU surfaces the megakernel's refusal of tiny's shape",
+  ignore: !cudaUsable,
   async fn() {
-    using engine = await Engine.load(files, { device: "auto", ctx: 64 });
-    assertEquals(engine.device, "cpu");
-    assert(engine.note?.includes("running on the CPU"), String(engine.note));
+    const err = await assertRejects(() => Engine.load(files, { device: "cuda", ctx: 64 }), MkError);
+    assertEquals(err.code, "invalid");
+    assert(err.message.includes("hidden_size 64"), err.message);
   },
 });
 
