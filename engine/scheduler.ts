@@ -22,7 +22,7 @@ export const INSTR_WORDS = 16;
 export const HEADER_WORDS = 16;
 
 /** Opcodes, as in native/program.h. */
-export const Op = { NOOP: 0, QKV: 1, ATTN: 2, OPROJ: 3, GATEUP: 4, DOWN: 5, LMHEAD: 6, SAMPLE: 7 } as const;
+export const Op = { NOOP: 0, QKV: 1, ATTN: 2, OPROJ: 3, GATEUP: 4, DOWN: 5, LMHEAD: 6, SAMPLE: 7, MLP: 8 } as const;
 
 /** Largest row count of one LMHEAD instruction (its logits are sorted in shared memory). */
 export const LM_MAX_ROWS = 1024;
@@ -42,6 +42,11 @@ export interface Instruction {
 export interface ScheduleOptions {
   /** Attention splits per kv head; default: as many as fill the queues, at most 16. */
   attnSplits?: number;
+  /**
+   * One MLP instruction per row range (gate/up and the matching slice of the down projection, no wait in between;
+   * default) instead of GATEUP pieces and DOWN pieces that wait on them chunk by chunk.
+   */
+  fusedMlp?: boolean;
 }
 
 interface Counter {
@@ -70,9 +75,12 @@ export function splitEven(total: number, parts: number): [number, number][] {
 export function buildProgram(cfg: LlamaConfig, nQueues: number, opts: ScheduleOptions = {}): Int32Array {
   const { dim, hiddenDim, nLayers, nHeads, nKvHeads, headDim, vocabSize } = cfg;
   if (!Number.isInteger(nQueues) || nQueues < 1) throw new Error(`scheduler: bad queue count ${nQueues}`);
-  if (hiddenDim % dim !== 0) throw new Error(`scheduler: intermediate_size ${hiddenDim} is not a multiple of ${dim}`);
+  const fused = opts.fusedMlp ?? true;
+  if (!fused && hiddenDim % dim !== 0) {
+    throw new Error(`scheduler: intermediate_size ${hiddenDim} is not a multiple of ${dim} (unfused MLP)`);
+  }
   if (headDim % 2 !== 0) throw new Error(`scheduler: head_dim ${headDim} is odd`);
-  const nChunks = hiddenDim / dim; // DOWN reads h in chunks of `dim` columns
+  const nChunks = Math.ceil(hiddenDim / dim); // unfused DOWN reads h in chunks of `dim` columns
   const splits = opts.attnSplits ?? Math.max(1, Math.min(16, Math.floor(nQueues / nKvHeads)));
 
   const queues: number[][][] = Array.from({ length: nQueues }, () => []);
@@ -115,6 +123,14 @@ export function buildProgram(cfg: LlamaConfig, nQueues: number, opts: ScheduleOp
     const oParts = splitEven(dim, nQueues);
     const o = counter(oParts.length);
     oParts.forEach(([start, n], i) => emit(spread(oParts.length, i), Op.OPROJ, L, attn, 0, o, [start, n]));
+    if (fused) {
+      // RMSNorm + gate/up + SiLU + the down projection of those rows: each piece adds its share into the residual.
+      const parts = splitEven(hiddenDim, nQueues);
+      const mlp = counter(parts.length);
+      parts.forEach(([start, n], i) => emit(spread(parts.length, i), Op.MLP, L, o, 0, mlp, [start, n]));
+      prevDown = mlp;
+      continue;
+    }
     // RMSNorm + gate/up + SiLU, cut per DOWN chunk so that DOWN can start on the chunks that are done.
     const perChunkQueues = Math.max(1, Math.floor(nQueues / nChunks));
     const gu: Counter[] = [];

@@ -9,7 +9,7 @@
 
 #include "engine_internal.h"
 
-static const char *const OP_NAMES[MK_OP_COUNT] = {"NOOP", "QKV", "ATTN", "OPROJ", "GATEUP", "DOWN", "LMHEAD", "SAMPLE"};
+static const char *const OP_NAMES[MK_OP_COUNT] = {"NOOP", "QKV", "ATTN", "OPROJ", "GATEUP", "DOWN", "LMHEAD", "SAMPLE", "MLP"};
 
 const char *mk_op_name(int op) { return op >= 0 && op < MK_OP_COUNT ? OP_NAMES[op] : "?"; }
 
@@ -107,7 +107,7 @@ int mk_program_parse(mk_engine *e, const int32_t *words, int32_t n_words, mk_pro
     if (in[MK_I_WAIT] >= 0 && in[MK_I_WAIT_COUNT] < 0) IBAD("negative wait_count %d", in[MK_I_WAIT_COUNT]);
     if (in[MK_I_WAIT_TOKEN_OFFSET] > 0 || in[MK_I_WAIT_TOKEN_OFFSET] < -1)
       IBAD("wait_token_offset %d must be 0 or -1", in[MK_I_WAIT_TOKEN_OFFSET]);
-    if (op >= MK_OP_QKV && op <= MK_OP_DOWN && (layer < 0 || layer >= L)) IBAD("layer %d out of range [0, %d)", layer, L);
+    if (((op >= MK_OP_QKV && op <= MK_OP_DOWN) || op == MK_OP_MLP) && (layer < 0 || layer >= L)) IBAD("layer %d out of range [0, %d)", layer, L);
     switch (op) {
       case MK_OP_QKV:
         if (a0 < 0 || a1 < 1 || (int64_t)a0 + a1 > pairs) IBAD("pairs [%d, %d+%d) outside [0, %lld)", a0, a0, a1, (long long)pairs);
@@ -130,6 +130,10 @@ int mk_program_parse(mk_engine *e, const int32_t *words, int32_t n_words, mk_pro
           IBAD("rows [%d, %d+%d) outside [0, %d)", a0, a0, a1, c->hidden_dim);
         if (a0 / v.down_chunk != (a0 + a1 - 1) / v.down_chunk)
           IBAD("rows [%d, %d) cross a down chunk boundary (chunk %d)", a0, a0 + a1, v.down_chunk);
+        break;
+      case MK_OP_MLP:
+        if (a0 < 0 || a1 < 1 || (int64_t)a0 + a1 > c->hidden_dim)
+          IBAD("rows [%d, %d+%d) outside [0, %d)", a0, a0, a1, c->hidden_dim);
         break;
       case MK_OP_DOWN:
         if (a0 < 0 || a1 < 1 || (int64_t)a0 + a1 > c->dim) IBAD("rows [%d, %d+%d) outside [0, %d)", a0, a0, a1, c->dim);

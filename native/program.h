@@ -107,7 +107,13 @@ typedef enum mk_opcode {
    *   on the merged candidates), records logprobs, writes tokens[t+1] unless step t+1 is still in the prompt, and
    *   decides whether the launch stops (stop id, max tokens, context, cancel). */
   MK_OP_SAMPLE = 7,
-  MK_OP_COUNT = 8
+  /* MLP (layer L; a0 = first row of the hidden layer, a1 = rows): GATEUP and the matching slice of DOWN in one, so the
+   *   down projection needs no wait on other SMs:
+   *   xn = rmsnorm(resid[2L+1]) * post_attention_layernorm[L]
+   *   for r in rows: h[r] = silu(dot(Wgate[r], xn)) * dot(Wup[r], xn)
+   *   for j < dim: resid[2L+2][j] += sum over r in rows of Wdown[j, r] * h[r]   (atomic adds on the GPU) */
+  MK_OP_MLP = 8,
+  MK_OP_COUNT = 9
 } mk_opcode;
 
 #endif /* MKCHAT_PROGRAM_H */

@@ -277,6 +277,17 @@ static void op_down(launch *g, const int32_t *in) {
   for (int r = 0; r < n; r++) s->resid[2 * layer + 2][r0 + r] += s->rows[r];
 }
 
+/* MLP: GATEUP of rows [r0, r0+n) and the down projection of exactly those columns of h (program.h). */
+static void op_mlp(launch *g, const int32_t *in) {
+  const mk_model_config *c = &g->e->cfg;
+  mk_interp *s = g->s;
+  const int layer = in[MK_I_LAYER], r0 = in[MK_I_A0], n = in[MK_I_A1];
+  op_gateup(g, in);
+  const uint16_t *wd = g->e->w.layers[layer].w_down; /* (dim, hidden) */
+  float *acc = s->resid[2 * layer + 2];
+  for (int j = 0; j < c->dim; j++) acc[j] += mk_dot_bf16(wd + (size_t)j * c->hidden_dim + r0, s->h + r0, n);
+}
+
 static void op_lmhead(launch *g, const int32_t *in, int t) {
   const mk_model_config *c = &g->e->cfg;
   mk_interp *s = g->s;
@@ -414,6 +425,7 @@ static int run_launch(launch *g) {
       case MK_OP_OPROJ: op_oproj(g, in, t); break;
       case MK_OP_GATEUP: op_gateup(g, in); break;
       case MK_OP_DOWN: op_down(g, in); break;
+      case MK_OP_MLP: op_mlp(g, in); break;
       case MK_OP_LMHEAD: op_lmhead(g, in, t); break;
       case MK_OP_SAMPLE: signal = op_sample(g, t) == MK_OK ? 1 : -1; break;
     }

@@ -140,6 +140,14 @@ int upload_down(mk_engine *e, CudaState *st, const uint16_t *host, int dim, int 
   return upload(e, st, re.data(), re.size(), dst);
 }
 
+// Wd (dim, hidden) -> transposed (hidden, dim): row r holds the weights that h[r] multiplies (MLP).
+int upload_down_t(mk_engine *e, CudaState *st, const uint16_t *host, int dim, int hidden, const bf16 **dst) {
+  std::vector<uint16_t> re((size_t)dim * hidden);
+  for (int j = 0; j < dim; ++j)
+    for (int r = 0; r < hidden; ++r) re[(size_t)r * dim + j] = host[(size_t)j * hidden + r];
+  return upload(e, st, re.data(), re.size(), dst);
+}
+
 // Wq, Wk, Wv -> fused rows in RoPE-pair order: row 2p, 2p+1 = the two rows RoPE rotates together (QkvOp::fused_of).
 int upload_qkv(mk_engine *e, CudaState *st, const mk_layer_weights &w, const mk_model_config &c, const bf16 **dst) {
   const int dim = c.dim, hd = c.head_dim, half = hd / 2;
@@ -382,6 +390,7 @@ extern "C" int mk_cuda_load(mk_engine *e) {
     if ((rc = upload(e, st, w.ffn_norm, dim, &d.ffn_norm))) return rc;
     if ((rc = upload_gate_up(e, st, w, c, &d.wgu))) return rc;
     if ((rc = upload_down(e, st, w.w_down, c.dim, c.hidden_dim, &d.wd))) return rc;
+    if ((rc = upload_down_t(e, st, w.w_down, c.dim, c.hidden_dim, &d.wdt))) return rc;
   }
   CK(e, cudaMalloc(&st->d_layers, sizeof(mk::LayerW) * c.n_layers));
   CK(e, cudaMemcpy(st->d_layers, st->layers.data(), sizeof(mk::LayerW) * c.n_layers, cudaMemcpyHostToDevice));
@@ -411,7 +420,8 @@ extern "C" int mk_cuda_set_program(mk_engine *e, const int32_t *words, int32_t n
     if (w[MK_I_OP] == MK_OP_LMHEAD && w[MK_I_A1] > mk::kMaxRows)
       return mk_set_error(e, MK_ERR_INVALID, "instruction %d: LMHEAD of %d rows (at most %d on CUDA)", i, w[MK_I_A1],
                           mk::kMaxRows);
-    if ((w[MK_I_OP] == MK_OP_QKV || w[MK_I_OP] == MK_OP_GATEUP) && 2 * w[MK_I_A1] > mk::kMaxRows)
+    if ((w[MK_I_OP] == MK_OP_QKV || w[MK_I_OP] == MK_OP_GATEUP || w[MK_I_OP] == MK_OP_MLP) &&
+        2 * w[MK_I_A1] > mk::kMaxRows)
       return mk_set_error(e, MK_ERR_INVALID, "instruction %d: %s of %d rows (at most %d on CUDA)", i,
                           mk_op_name(w[MK_I_OP]), 2 * w[MK_I_A1], mk::kMaxRows);
     if ((w[MK_I_OP] == MK_OP_OPROJ || w[MK_I_OP] == MK_OP_DOWN) && w[MK_I_A1] > mk::kMaxRows)

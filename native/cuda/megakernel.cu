@@ -7,6 +7,7 @@
 #include "ops/down.cuh"
 #include "ops/gateup.cuh"
 #include "ops/lmhead.cuh"
+#include "ops/mlp.cuh"
 #include "ops/oproj.cuh"
 #include "ops/qkv.cuh"
 #include "ops/sample.cuh"
@@ -15,9 +16,15 @@
 namespace mk {
 
 // The weights an instruction streams: `rows` contiguous rows of `dim` bf16 starting at `first` (none for ATTN,
-// SAMPLE and skipped LM-head steps).
+// SAMPLE and skipped LM-head steps), and a second segment for MLP (its down projection).
+__device__ static int op_weights2(const Globals &g, int op, const int *a, int layer, int step, const bf16 **first) {
+  if (op != MK_OP_MLP) return 0;
+  *first = MlpOp::first_row2(g, a, layer);
+  return MlpOp::rows2(g, a, layer, step);
+}
 __device__ static int op_weights(const Globals &g, int op, const int *a, int layer, int step, const bf16 **first) {
   switch (op) {
+    case MK_OP_MLP: *first = MlpOp::first_row(g, a, layer); return MlpOp::rows(g, a, layer, step);
     case MK_OP_QKV: *first = QkvOp::first_row(g, a, layer); return QkvOp::rows(g, a, layer, step);
     case MK_OP_OPROJ: *first = OprojOp::first_row(g, a, layer); return OprojOp::rows(g, a, layer, step);
     case MK_OP_GATEUP: *first = GateupOp::first_row(g, a, layer); return GateupOp::rows(g, a, layer, step);
@@ -37,6 +44,7 @@ __device__ static bool run_op(const Globals &g, Smem &s, PageCursor &cur, int op
     case MK_OP_DOWN: return DownOp::run(g, s, cur, a, layer, step);
     case MK_OP_LMHEAD: return LmheadOp::run(g, s, cur, a, layer, step);
     case MK_OP_SAMPLE: return SampleOp::run(g, s, cur, a, layer, step);
+    case MK_OP_MLP: return MlpOp::run(g, s, cur, a, layer, step);
     default: consumer_sync(); return true;  // NOOP
   }
 }
@@ -51,15 +59,18 @@ __device__ static void produce(const Globals &g, Smem &s, int q0, int q1) {
   for (int step = 0; step < g.n_steps; ++step) {
     for (int i = q0; i < q1; ++i) {
       const int *w = g.instr + i * MK_INSTR_WORDS;
-      const bf16 *src = nullptr;
-      const int n = op_weights(g, w[MK_I_OP], w + MK_I_A0, w[MK_I_LAYER], step, &src);
-      for (int first = 0; first < n; first += R) {
-        const uint32_t bytes = (uint32_t)min(R, n - first) * row_bytes;
-        uint8_t *page;
-        uint64_t *bar;
-        if (!iss.begin(s, &page, &bar, bytes)) goto done;
-        bulk_load(page, src + (size_t)first * g.dim, bytes, bar);
-        iss.end(s);
+      for (int seg = 0; seg < 2; ++seg) {
+        const bf16 *src = nullptr;
+        const int n = seg == 0 ? op_weights(g, w[MK_I_OP], w + MK_I_A0, w[MK_I_LAYER], step, &src)
+                               : op_weights2(g, w[MK_I_OP], w + MK_I_A0, w[MK_I_LAYER], step, &src);
+        for (int first = 0; first < n; first += R) {
+          const uint32_t bytes = (uint32_t)min(R, n - first) * row_bytes;
+          uint8_t *page;
+          uint64_t *bar;
+          if (!iss.begin(s, &page, &bar, bytes)) goto done;
+          bulk_load(page, src + (size_t)first * g.dim, bytes, bar);
+          iss.end(s);
+        }
       }
     }
   }

@@ -18,7 +18,8 @@ struct LayerW {
   const bf16 *wo;           // (dim, n_heads*hd)
   const bf16 *ffn_norm;     // (dim)
   const bf16 *wgu;          // (2 hidden, dim): gate row r at 2r, up row r at 2r+1
-  const bf16 *wd;           // (hidden/dim, dim, dim): the (dim, hidden) matrix chunk-major
+  const bf16 *wd;           // (hidden/dim, dim, dim): the (dim, hidden) matrix chunk-major (DOWN)
+  const bf16 *wdt;          // (hidden, dim): the (dim, hidden) matrix transposed (MLP)
 };
 
 // One LMHEAD instruction's summary of its slice of the vocabulary.
