@@ -31,8 +31,11 @@ struct MlpOp {
     }
     consumer_sync();
     // out[j] += sum_k Wdt[a0 + k][j] * h[k]: thread t owns output columns [8t, 8t+8), reads its 16 bytes of every row.
-    const int R = rows_per_page(g.dim), t = ctid();
-    const bool mine = 8 * t < g.dim;
+    // Each SM rotates which 16-byte column group a thread owns, so that the 132 SMs' atomic adds at the end do not all
+    // hit the same addresses at the same moment.
+    const int R = rows_per_page(g.dim), groups = g.dim / 8;
+    const bool mine = ctid() < groups;
+    const int t = (ctid() + blockIdx.x * 37) % groups;
     float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
     for (int first = 0; first < n; first += R) {
       const int nr = min(R, n - first);
