@@ -54,6 +54,16 @@ interface Counter {
   perToken: number;
 }
 
+/** A tuning override from the environment ("0" / "1"), for measurements; undefined when unset or unreadable. */
+function tuningFlag(name: string): boolean | undefined {
+  try {
+    const v = Deno.env.get(name);
+    return v === undefined ? undefined : v !== "0";
+  } catch {
+    return undefined;
+  }
+}
+
 /** Split `total` items into `parts` contiguous ranges whose sizes differ by at most one (empty ranges dropped). */
 export function splitEven(total: number, parts: number): [number, number][] {
   const out: [number, number][] = [];
@@ -75,7 +85,7 @@ export function splitEven(total: number, parts: number): [number, number][] {
 export function buildProgram(cfg: LlamaConfig, nQueues: number, opts: ScheduleOptions = {}): Int32Array {
   const { dim, hiddenDim, nLayers, nHeads, nKvHeads, headDim, vocabSize } = cfg;
   if (!Number.isInteger(nQueues) || nQueues < 1) throw new Error(`scheduler: bad queue count ${nQueues}`);
-  const fused = opts.fusedMlp ?? true;
+  const fused = opts.fusedMlp ?? tuningFlag("MKCHAT_FUSED_MLP") ?? true;
   if (!fused && hiddenDim % dim !== 0) {
     throw new Error(`scheduler: intermediate_size ${hiddenDim} is not a multiple of ${dim} (unfused MLP)`);
   }
@@ -91,8 +101,15 @@ export function buildProgram(cfg: LlamaConfig, nQueues: number, opts: ScheduleOp
     return c;
   };
   // An instruction: [op, layer, wait, waitCount, waitTokenOffset, signal, ...args] padded to INSTR_WORDS.
-  const emit = (q: number, op: number, layer: number, wait: Counter | null, waitOffset: number, signal: Counter | null,
-    args: number[]) => {
+  const emit = (
+    q: number,
+    op: number,
+    layer: number,
+    wait: Counter | null,
+    waitOffset: number,
+    signal: Counter | null,
+    args: number[],
+  ) => {
     const w = [op, layer, wait ? wait.id : -1, wait ? wait.perToken : 0, waitOffset, signal ? signal.id : -1, ...args];
     while (w.length < INSTR_WORDS) w.push(0);
     queues[q].push(w);
@@ -158,7 +175,9 @@ export function buildProgram(cfg: LlamaConfig, nQueues: number, opts: ScheduleOp
   // Final RMSNorm + LM head, then the sample.
   const lmParts = splitEven(vocabSize, Math.max(nQueues, Math.ceil(vocabSize / LM_MAX_ROWS)));
   const lm = counter(lmParts.length);
-  lmParts.forEach(([start, n], i) => emit(spread(lmParts.length, i), Op.LMHEAD, nLayers, prevDown, 0, lm, [start, n, i]));
+  lmParts.forEach(([start, n], i) =>
+    emit(spread(lmParts.length, i), Op.LMHEAD, nLayers, prevDown, 0, lm, [start, n, i])
+  );
   // SAMPLE goes to the queue with the fewest LM rows (the last one when the split is uneven).
   emit(nQueues - 1, Op.SAMPLE, nLayers, lm, 0, sampled, [lmParts.length]);
 
@@ -197,8 +216,15 @@ export function decodeProgram(words: Int32Array): { splits: number; perToken: nu
     const list: Instruction[] = [];
     for (let i = starts[q]; i < starts[q + 1]; i++) {
       const w = words.subarray(base + i * INSTR_WORDS, base + (i + 1) * INSTR_WORDS);
-      list.push({ op: w[0], layer: w[1], wait: w[2], waitCount: w[3], waitTokenOffset: w[4], signal: w[5],
-        args: Array.from(w.subarray(6)) });
+      list.push({
+        op: w[0],
+        layer: w[1],
+        wait: w[2],
+        waitCount: w[3],
+        waitTokenOffset: w[4],
+        signal: w[5],
+        args: Array.from(w.subarray(6)),
+      });
     }
     queues.push(list);
   }
