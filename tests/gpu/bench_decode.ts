@@ -29,7 +29,8 @@ const files = await resolveModel(parseModelRef(values.model!));
 const engine = await Engine.load(files, { device: values.device as "cpu" | "cuda", ctx: 4096 });
 const gbs = await engine.measureReadBandwidthGBs();
 const weightBytes = files.tensors.reduce((s, t) => s + t.nbytes, 0);
-const pct = (xs: number[], p: number) => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(p * xs.length))];
+const pct = (xs: number[], p: number) =>
+  [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(p * xs.length))];
 const variants = values.variants ? values.variants.split("|") : [""];
 for (let r = 0; r < Number(values.runs) * variants.length; r++) {
   const variant = variants[r % variants.length].trim();
@@ -42,7 +43,13 @@ for (let r = 0; r < Number(values.runs) * variants.length; r++) {
   const t0 = performance.now();
   const seen: number[] = [];
   const gen = engine.generate(prompt, {
-    temperature: 0, topP: 1, topK: 0, seed: 0, maxTokens: nGen, stopIds: [], logprobs: 0,
+    temperature: 0,
+    topP: 1,
+    topK: 0,
+    seed: 0,
+    maxTokens: nGen,
+    stopIds: [],
+    logprobs: 0,
   });
   let res;
   for (;;) {
