@@ -390,7 +390,6 @@ extern "C" int mk_cuda_load(mk_engine *e) {
     if ((rc = upload(e, st, w.ffn_norm, dim, &d.ffn_norm))) return rc;
     if ((rc = upload_gate_up(e, st, w, c, &d.wgu))) return rc;
     if ((rc = upload_down(e, st, w.w_down, c.dim, c.hidden_dim, &d.wd))) return rc;
-    if ((rc = upload_down_t(e, st, w.w_down, c.dim, c.hidden_dim, &d.wdt))) return rc;
   }
   CK(e, cudaMalloc(&st->d_layers, sizeof(mk::LayerW) * c.n_layers));
   CK(e, cudaMemcpy(st->d_layers, st->layers.data(), sizeof(mk::LayerW) * c.n_layers, cudaMemcpyHostToDevice));
@@ -415,6 +414,17 @@ extern "C" int mk_cuda_set_program(mk_engine *e, const int32_t *words, int32_t n
   if (v.down_chunk != e->cfg.dim)
     return mk_set_error(e, MK_ERR_INVALID, "program's DOWN chunk %d must equal hidden_size %d on CUDA", v.down_chunk,
                         e->cfg.dim);
+  bool uses_mlp = false;
+  for (int i = 0; i < v.n_instructions; ++i) uses_mlp |= v.instr[(size_t)i * MK_INSTR_WORDS + MK_I_OP] == MK_OP_MLP;
+  if (uses_mlp && !st->layers.empty() && !st->layers[0].wdt) {
+    // MLP's transposed down projection is uploaded only for programs that use it (537 MB for Llama-3.2-1B).
+    const mk_model_config &c = e->cfg;
+    for (int l = 0; l < c.n_layers; ++l) {
+      const int rc = upload_down_t(e, st, e->w.layers[l].w_down, c.dim, c.hidden_dim, &st->layers[l].wdt);
+      if (rc != MK_OK) return rc;
+    }
+    CK(e, cudaMemcpy(st->d_layers, st->layers.data(), sizeof(mk::LayerW) * c.n_layers, cudaMemcpyHostToDevice));
+  }
   for (int i = 0; i < v.n_instructions; ++i) {
     const int32_t *w = v.instr + (size_t)i * MK_INSTR_WORDS;
     if (w[MK_I_OP] == MK_OP_LMHEAD && w[MK_I_A1] > mk::kMaxRows)
