@@ -65,6 +65,16 @@ function tuningFlag(name: string): boolean | undefined {
   }
 }
 
+/** A positive integer tuning override from the environment, for measurements; undefined when unset or unreadable. */
+function tuningNumber(name: string): number | undefined {
+  try {
+    const v = Number(Deno.env.get(name));
+    return Number.isInteger(v) && v > 0 ? v : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 /** Split `total` items into `parts` contiguous ranges whose sizes differ by at most one (empty ranges dropped). */
 export function splitEven(total: number, parts: number): [number, number][] {
   const out: [number, number][] = [];
@@ -92,7 +102,8 @@ export function buildProgram(cfg: LlamaConfig, nQueues: number, opts: ScheduleOp
   }
   if (headDim % 2 !== 0) throw new Error(`scheduler: head_dim ${headDim} is odd`);
   const nChunks = Math.ceil(hiddenDim / dim); // unfused DOWN reads h in chunks of `dim` columns
-  const splits = opts.attnSplits ?? Math.max(1, Math.min(16, Math.floor(nQueues / nKvHeads)));
+  const envSplits = tuningNumber("MKCHAT_ATTN_SPLITS");
+  const splits = opts.attnSplits ?? envSplits ?? Math.max(1, Math.min(16, Math.floor(nQueues / nKvHeads)));
 
   const queues: number[][][] = Array.from({ length: nQueues }, () => []);
   const counters: Counter[] = [];

@@ -223,10 +223,8 @@ mk::Globals base_globals(const mk_engine *e, const CudaState *st) {
   g.start_pos = e->pos;
   g.ring_pages = mk::kPages;
   if (const char *rp = getenv("MKCHAT_RING_PAGES")) g.ring_pages = atoi(rp);
-  g.evict_first = 0;
+  g.evict_first = 1;
   if (const char *ef = getenv("MKCHAT_EVICT_FIRST")) g.evict_first = atoi(ef);
-  g.prefetch_attn = 0;
-  if (const char *pa = getenv("MKCHAT_PREFETCH_ATTN")) g.prefetch_attn = atoi(pa);
   int *dn = nullptr, *dc = nullptr;
   cudaHostGetDevicePointer((void **)&dn, (void *)&st->hs->n, 0);
   cudaHostGetDevicePointer((void **)&dc, (void *)&st->hs->cancel, 0);

@@ -81,30 +81,6 @@ done:
   s.producer_done = 1;
 }
 
-// --- L2 prefetch of the attention chain's weights -------------------------------------------------------------------
-// QKV and OPROJ sit on each layer's latency chain (QKV -> ATTN -> OPROJ) and their pages queue behind the MLP's in the
-// ring. While an MLP or LM-head instruction streams, the consumers ask L2 for this SM's next QKV and OPROJ rows
-// (evict-last, over the evict-first weight stream), so those pages come from L2 when their turn comes.
-__device__ static void prefetch_attention_weights(const Globals &g, int q0, int q1, int i, int step) {
-  int found = 0;
-  for (int j = i + 1, st = step; found < 2 && st < g.n_steps; ++j) {
-    if (j == q1) {
-      j = q0;
-      ++st;
-    }
-    const int *w = g.instr + j * MK_INSTR_WORDS;
-    const int op = w[MK_I_OP];
-    if (j != i + 1 && (op == MK_OP_GATEUP || op == MK_OP_MLP || op == MK_OP_LMHEAD)) break;  // past the chain
-    if (op != MK_OP_QKV && op != MK_OP_OPROJ) continue;
-    const bf16 *src = nullptr;
-    const int n = op_weights(g, op, w + MK_I_A0, w[MK_I_LAYER], st, &src);
-    const char *base = reinterpret_cast<const char *>(src);
-    const uint32_t bytes = (uint32_t)n * 2u * g.dim;
-    for (uint32_t off = ctid() * 128u; off < bytes; off += kConsumerThreads * 128u) prefetch_l2_keep(base + off);
-    ++found;
-  }
-}
-
 // --- consumer warps: wait, compute, signal -------------------------------------------------------------------------
 __device__ static void consume(const Globals &g, Smem &s, int q0, int q1) {
   PageCursor cur;
@@ -135,10 +111,6 @@ __device__ static void consume(const Globals &g, Smem &s, int q0, int q1) {
       consumer_sync();
       if (!s.flag) return;
       if (tracing) g.trace[3 * i + 1] = global_ns();
-      // 1: from each layer's DOWN (~10 µs ahead of QKV); 2: from its GATEUP (~28 µs ahead); both from the LM head.
-      if (g.prefetch_attn && (op == MK_OP_MLP || op == MK_OP_LMHEAD || (g.prefetch_attn == 1 && op == MK_OP_DOWN) ||
-                              (g.prefetch_attn == 2 && op == MK_OP_GATEUP)))
-        prefetch_attention_weights(g, q0, q1, i, step);
       const bool sig = run_op(g, s, cur, op, w + MK_I_A0, layer, step);  // ends with the consumers synced
       if (sig && w[MK_I_SIGNAL] >= 0 && ctid() == 0) signal_counter(g.counters, w[MK_I_SIGNAL]);
       if (tracing) g.trace[3 * i + 2] = global_ns();

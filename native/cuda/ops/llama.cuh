@@ -98,8 +98,7 @@ struct Globals {
   unsigned long long *trace;
   int trace_step;
   int ring_pages;             // pages of the ring in use (kPages; MKCHAT_RING_PAGES overrides, for tuning)
-  int evict_first;            // stream weights into shared memory with an L2 evict-first policy (MKCHAT_EVICT_FIRST)
-  int prefetch_attn;          // prefetch the next QKV/OPROJ weights into L2 during GATEUP/LMHEAD (MKCHAT_PREFETCH_ATTN)
+  int evict_first;            // stream weights with an L2 evict-first policy (default 1; MKCHAT_EVICT_FIRST=0 disables)
 };
 
 // --- helpers shared by the ops -----------------------------------------------------------------------------------
