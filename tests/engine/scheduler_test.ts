@@ -38,7 +38,7 @@ Deno.test("buildProgram() balances every stage across the queues and ends with o
   };
   const { queues, splits, perToken } = decodeProgram(buildProgram(asLlama(cfg), 132));
   assert.equal(queues.length, 132);
-  assert.equal(splits, 16);
+  assert.equal(splits, 8);
   const all = queues.flat();
   assert.equal(all.filter((i) => i.op === Op.SAMPLE).length, 1);
   for (const op of [Op.QKV, Op.OPROJ, Op.GATEUP]) {
