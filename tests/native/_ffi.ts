@@ -21,12 +21,15 @@ export const MK = {
   ERR_IO: -2,
   ERR_WEIGHTS: -3,
   ERR_NO_DEVICE: -4,
+  ERR_TIMEOUT: -8,
   ERR_STATE: -9,
   ERR_CONTEXT: -10,
   ERR_INTERNAL: -11,
   DTYPE_BF16: 0,
   DTYPE_F16: 1,
   DTYPE_F32: 2,
+  DEVICE_CPU: 0,
+  DEVICE_CUDA: 1,
   CPU_REFERENCE: 0,
   CPU_INTERPRETER: 1,
 } as const;
@@ -133,6 +136,7 @@ export interface EngineParams {
   cpuMode?: number;
   interleaveSeed?: number;
   device?: number;
+  timeoutMs?: number;
   structSize?: number;
 }
 
@@ -145,6 +149,7 @@ export function packEngineParams(p: EngineParams): Uint8Array<ArrayBuffer> {
   if (p.ctxLen !== undefined) v.setInt32(8, p.ctxLen, true);
   if (p.nThreads !== undefined) v.setInt32(12, p.nThreads, true);
   if (p.cpuMode !== undefined) v.setInt32(16, p.cpuMode, true);
+  if (p.timeoutMs !== undefined) v.setInt32(24, p.timeoutMs, true);
   if (p.interleaveSeed !== undefined) v.setUint32(28, p.interleaveSeed, true);
   return b;
 }
