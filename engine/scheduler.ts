@@ -40,7 +40,7 @@ export interface Instruction {
 
 /** Options of buildProgram. */
 export interface ScheduleOptions {
-  /** Attention splits per kv head; default: as many as fill the queues, at most 8 (MKCHAT_ATTN_SPLITS overrides). */
+  /** Attention splits per kv head; default: as many as fill the queues, at most 16 (MKCHAT_ATTN_SPLITS overrides). */
   attnSplits?: number;
   /**
    * One MLP instruction per row range (gate/up and the matching slice of the down projection, no wait in between)
@@ -103,9 +103,8 @@ export function buildProgram(cfg: LlamaConfig, nQueues: number, opts: ScheduleOp
   if (headDim % 2 !== 0) throw new Error(`scheduler: head_dim ${headDim} is odd`);
   const nChunks = Math.ceil(hiddenDim / dim); // unfused DOWN reads h in chunks of `dim` columns
   const envSplits = tuningNumber("MKCHAT_ATTN_SPLITS");
-  // 8 splits per kv head: at chat-length contexts 8 measured 835 µs/token against 852 for 16 (PERF_LOG v12); longer
-  // contexts would want more.
-  const splits = opts.attnSplits ?? envSplits ?? Math.max(1, Math.min(8, Math.floor(nQueues / nKvHeads)));
+  // Up to 16 splits per kv head; the kernel uses only as many as the context needs (program.h MK_OP_ATTN).
+  const splits = opts.attnSplits ?? envSplits ?? Math.max(1, Math.min(16, Math.floor(nQueues / nKvHeads)));
 
   const queues: number[][][] = Array.from({ length: nQueues }, () => []);
   const counters: Counter[] = [];

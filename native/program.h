@@ -40,6 +40,7 @@
 #define MK_PROG_MAGIC 0x47504B4D /* "MKPG" */
 #define MK_PROG_VERSION 1
 #define MK_INSTR_WORDS 16
+#define MK_ATTN_SPLIT_POSITIONS 32 /* ATTN: positions per split before another split is used (see MK_OP_ATTN) */
 #define MK_PROG_HEADER_WORDS 16
 
 /* header word indices */
@@ -80,7 +81,9 @@ typedef enum mk_opcode {
    *   heads (v unrotated), store q rows to q (fp32), k and v rows to kcache/vcache[L][kvh][pos] (bf16). */
   MK_OP_QKV = 1,
   /* ATTN (layer L; a0 = kv head g, a1 = split s). For each q head h of group g (h = g*n_heads/n_kv + j), over the
-   *   positions of split s: split s takes positions [s*c, min((s+1)*c, pos+1)) with c = ceil((pos+1)/S).
+   *   positions of split s: with n = pos+1, the splits in use are S' = min(S, ceil(n / MK_ATTN_SPLIT_POSITIONS)) and
+   *   split s takes positions [s*c, min((s+1)*c, n)) with c = ceil(n / S') (splits s >= S' are empty), so short
+   *   contexts use few splits and long ones all S.
    *   Writes partial (o[hd] unnormalised, m = max score, l = sum exp(score - m)) to attn_part[h][s] (empty split:
    *   m = -inf, l = 0, o = 0). Scores are q.k / sqrt(hd). Then increments the (L, g) arrival count; the split that
    *   arrives last merges the S partials of each of its heads into attn[h*hd ...] and is the only one to signal. */

@@ -184,7 +184,10 @@ static int op_attn(launch *g, const int32_t *in, int t) {
   mk_interp *s = g->s;
   const int layer = in[MK_I_LAYER], kvh = in[MK_I_A0], split = in[MK_I_A1], S = g->p.attn_splits;
   const int hd = c->head_dim, group = c->n_heads / c->n_kv_heads, pos = g->start + t;
-  const int chunk = (pos + 1 + S - 1) / S, lo = split * chunk, hi = (split + 1) * chunk < pos + 1 ? (split + 1) * chunk : pos + 1;
+  /* the splits in use grow with the context (program.h MK_OP_ATTN) */
+  const int n = pos + 1, want = (n + MK_ATTN_SPLIT_POSITIONS - 1) / MK_ATTN_SPLIT_POSITIONS, S_used = want < S ? want : S;
+  const int chunk = (n + S_used - 1) / S_used, lo = split * chunk < n ? split * chunk : n;
+  const int hi = lo + chunk < n ? lo + chunk : n;
   const float scale = 1.0f / sqrtf((float)hd);
   const size_t ctx = (size_t)e->params.ctx_len;
   const uint16_t *kc = s->kcache + ((size_t)layer * c->n_kv_heads + kvh) * ctx * hd; /* (ctx, hd) */

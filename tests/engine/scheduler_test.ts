@@ -18,7 +18,8 @@ import {
   TINY,
 } from "../native/_model.ts";
 
-const SEQ = [1, 5, 9, 33, 2, 77, 14, 60, 61, 3, 40, 96, 7];
+// 75 tokens: past 2 x MK_ATTN_SPLIT_POSITIONS (32), so the later positions spread attention over 3 splits.
+const SEQ = Array.from({ length: 75 }, (_, i) => (i * 37 + 11) % 97);
 const asLlama = (c: ModelConfig) => c as unknown as LlamaConfig;
 
 function program(cfg: ModelConfig, nQueues: number, opts: ScheduleOptions): Int32Array<ArrayBuffer> {
@@ -38,7 +39,7 @@ Deno.test("buildProgram() balances every stage across the queues and ends with o
   };
   const { queues, splits, perToken } = decodeProgram(buildProgram(asLlama(cfg), 132));
   assert.equal(queues.length, 132);
-  assert.equal(splits, 8);
+  assert.equal(splits, 16);
   const all = queues.flat();
   assert.equal(all.filter((i) => i.op === Op.SAMPLE).length, 1);
   for (const op of [Op.QKV, Op.OPROJ, Op.GATEUP]) {
@@ -74,14 +75,15 @@ Deno.test("the scheduler's programs run on the CPU interpreter like the referenc
           const e = TestEngine.open(cfg, m.file, m.entries, {
             cpuMode: MK.CPU_INTERPRETER,
             interleaveSeed: seed,
-            ctxLen: 64,
+            ctxLen: 128,
           });
           try {
             e.check(e.setProgram(program(cfg, nQueues, opts)), "set_program");
             const got = e.logitsAll(SEQ);
             for (let i = 0; i < SEQ.length; i++) {
               const err = relL2(got[i], want[i]);
-              assert.ok(err < 1e-5, `position ${i}: rel L2 ${err} against the bf16-cache reference`);
+              // fp32 against a float64 reference: up to ~6e-5 at 75 positions; a wrong dependency shows as 1e-2 or more
+              assert.ok(err < 2e-4, `position ${i}: rel L2 ${err} against the bf16-cache reference`);
             }
             // a generation: queues run ahead into the next token as far as the counters allow
             native().mk_engine_truncate(e.ptr, 0);

@@ -10,6 +10,7 @@
 #pragma once
 #include <math_constants.h>
 #include "matvec.cuh"
+#include "../../program.h"
 
 namespace mk {
 
@@ -21,7 +22,9 @@ struct AttnOp {
   __device__ static bool run(const Globals &g, Smem &s, PageCursor &, const int *a, int layer, int step) {
     const int kvh = a[0], split = a[1], S = g.attn_splits, hd = g.hd;
     const int G = g.n_heads / g.n_kv;
-    const int n = g.start_pos + step + 1, chunk = (n + S - 1) / S;
+    // The splits in use grow with the context (program.h MK_OP_ATTN): few at chat lengths, all S at long contexts.
+    const int n = g.start_pos + step + 1, S_used = min(S, (n + MK_ATTN_SPLIT_POSITIONS - 1) / MK_ATTN_SPLIT_POSITIONS);
+    const int chunk = (n + S_used - 1) / S_used;
     const int lo = min(split * chunk, n), hi = min(lo + chunk, n);
     const int t = ctid(), j = t / hd, d = t % hd, h = kvh * G + j;
     const bool owner = j < G;
@@ -102,11 +105,11 @@ struct AttnOp {
       // Online merge, 4 splits per round so their loads are in flight together (no per-split register arrays: they
       // pushed the kernel past its 168-register budget).
       float M = -CUDART_INF_F, L = 0.f, O = 0.f;
-      for (int s0 = 0; s0 < S; s0 += 4) {
+      for (int s0 = 0; s0 < S_used; s0 += 4) {  // splits past S_used are empty
         float ms[4], ls[4], os[4];
 #pragma unroll
         for (int k = 0; k < 4; ++k) {
-          const bool in = s0 + k < S;
+          const bool in = s0 + k < S_used;
           const float *p = base + (in ? s0 + k : 0) * (hd + 2);  // never address past the partials
           ms[k] = in ? __ldcg(p + hd) : -CUDART_INF_F;
           ls[k] = in ? __ldcg(p + hd + 1) : 0.f;
