@@ -225,6 +225,9 @@ mk::Globals base_globals(const mk_engine *e, const CudaState *st) {
   if (const char *rp = getenv("MKCHAT_RING_PAGES")) g.ring_pages = atoi(rp);
   g.evict_first = 1;
   if (const char *ef = getenv("MKCHAT_EVICT_FIRST")) g.evict_first = atoi(ef);
+  g.matvec_by_page = 1;
+  if (const char *mp = getenv("MKCHAT_MATVEC_BY_PAGE")) g.matvec_by_page = atoi(mp);
+  if (const char *dg = getenv("MKCHAT_DIAG")) g.diag = atoi(dg);  // diagnostics: vm.cuh kDiag*
   int *dn = nullptr, *dc = nullptr;
   cudaHostGetDevicePointer((void **)&dn, (void *)&st->hs->n, 0);
   cudaHostGetDevicePointer((void **)&dc, (void *)&st->hs->cancel, 0);
@@ -264,6 +267,12 @@ int run_launch(mk_engine *e, CudaState *st, const mk::Globals &g, Poll poll) {
   CK(e, cudaMemcpy(&ctrl, st->ctrl, sizeof ctrl, cudaMemcpyDeviceToHost));
   if (ctrl.abort) {
     const int ms = e->params.timeout_ms > 0 ? e->params.timeout_ms : 5000;
+    if (ctrl.err_counter < 0)
+      return mk_set_error(e, MK_ERR_TIMEOUT,
+                          "megakernel: SM %d waited over %d ms at instruction %d (%s, layer %d, step %d) for weight "
+                          "page %u of its stream (the producer had issued %u)",
+                          ctrl.err_sm, ms, ctrl.err_instr, mk_op_name(ctrl.err_op), ctrl.err_layer, ctrl.err_step,
+                          ctrl.err_required - 1, ctrl.err_value);
     return mk_set_error(e, MK_ERR_TIMEOUT,
                         "megakernel: SM %d waited over %d ms at instruction %d (%s, layer %d, step %d) for counter %d "
                         "to reach %u (it is %u)",
@@ -273,23 +282,26 @@ int run_launch(mk_engine *e, CudaState *st, const mk::Globals &g, Poll poll) {
   return MK_OK;
 }
 
-// One CSV row per instruction of the traced step: queue (SM), index, op, layer, args, and its wait-begin, wait-end
-// and done times in ns from the earliest wait-begin.
+// One CSV row per instruction of the traced step: queue (SM), index, op, layer, args, and its wait-begin, wait-end,
+// first-page (-1: it streams no pages), compute-done and done (signalled) times in ns from the earliest wait-begin.
 void write_trace(const CudaState *st, const unsigned long long *d_trace, size_t n_instr, int step, const char *path) {
-  std::vector<unsigned long long> tr(3 * n_instr);
+  constexpr int W = mk::kTraceWords;
+  std::vector<unsigned long long> tr(W * n_instr);
   if (cudaMemcpy(tr.data(), d_trace, sizeof(unsigned long long) * tr.size(), cudaMemcpyDeviceToHost) != cudaSuccess)
     return;
   unsigned long long t0 = ~0ull;
   for (size_t i = 0; i < n_instr; ++i)
-    if (tr[3 * i]) t0 = std::min(t0, tr[3 * i]);
+    if (tr[W * i]) t0 = std::min(t0, tr[W * i]);
   FILE *f = fopen(path, "w");
   if (!f) return;
-  fprintf(f, "queue,instr,op,layer,a0,a1,a2,wait_begin_ns,wait_end_ns,done_ns,step\n");
+  fprintf(f, "queue,instr,op,layer,a0,a1,a2,wait_begin_ns,wait_end_ns,first_page_ns,run_end_ns,done_ns,step\n");
   for (int q = 0; q < st->n_queues; ++q) {
     for (int i = st->h_queue_start[q]; i < st->h_queue_start[q + 1]; ++i) {
       const int *w = &st->h_instr[(size_t)i * MK_INSTR_WORDS];
-      fprintf(f, "%d,%d,%s,%d,%d,%d,%d,%llu,%llu,%llu,%d\n", q, i, mk_op_name(w[MK_I_OP]), w[MK_I_LAYER], w[MK_I_A0],
-              w[MK_I_A1], w[MK_I_A2], tr[3 * i] - t0, tr[3 * i + 1] - t0, tr[3 * i + 2] - t0, step);
+      const unsigned long long *t = &tr[(size_t)W * i];
+      const auto rel = [&](unsigned long long v) { return v ? (long long)(v - t0) : -1ll; };
+      fprintf(f, "%d,%d,%s,%d,%d,%d,%d,%lld,%lld,%lld,%lld,%lld,%d\n", q, i, mk_op_name(w[MK_I_OP]), w[MK_I_LAYER],
+              w[MK_I_A0], w[MK_I_A1], w[MK_I_A2], rel(t[0]), rel(t[1]), rel(t[2]), rel(t[3]), rel(t[4]), step);
     }
   }
   fclose(f);
@@ -532,8 +544,8 @@ extern "C" int mk_cuda_generate(mk_engine *e, const int32_t *prompt, int32_t n_p
   unsigned long long *trace = nullptr;
   const size_t n_instr = st->h_instr.size() / MK_INSTR_WORDS;
   if (trace_path && *trace_path) {
-    CK(e, cudaMalloc(&trace, sizeof(unsigned long long) * 3 * n_instr));
-    CK(e, cudaMemset(trace, 0, sizeof(unsigned long long) * 3 * n_instr));
+    CK(e, cudaMalloc(&trace, sizeof(unsigned long long) * mk::kTraceWords * n_instr));
+    CK(e, cudaMemset(trace, 0, sizeof(unsigned long long) * mk::kTraceWords * n_instr));
     g.trace = trace;
     g.trace_step = g.sample_from_step + std::max(1, std::min(p->max_tokens, n_steps - g.sample_from_step) / 2);
   }

@@ -62,15 +62,20 @@ __device__ static void produce(const Globals &g, Smem &s, int q0, int q1) {
       const int *w = g.instr + i * MK_INSTR_WORDS;
       for (int seg = 0; seg < 2; ++seg) {
         const bf16 *src = nullptr;
-        const int n = seg == 0 ? op_weights(g, w[MK_I_OP], w + MK_I_A0, w[MK_I_LAYER], step, &src)
-                               : op_weights2(g, w[MK_I_OP], w + MK_I_A0, w[MK_I_LAYER], step, &src);
+        int n = seg == 0 ? op_weights(g, w[MK_I_OP], w + MK_I_A0, w[MK_I_LAYER], step, &src)
+                         : op_weights2(g, w[MK_I_OP], w + MK_I_A0, w[MK_I_LAYER], step, &src);
+        if (g.diag & kDiagNoPages) n = 0;
         for (int first = 0; first < n; first += R) {
           const uint32_t bytes = (uint32_t)min(R, n - first) * row_bytes;
           uint8_t *page;
           uint64_t *bar;
-          if (!iss.begin(s, &page, &bar, bytes)) goto done;
-          if (g.evict_first) bulk_load_hint(page, src + (size_t)first * g.dim, bytes, bar, policy);
-          else bulk_load(page, src + (size_t)first * g.dim, bytes, bar);
+          if (!iss.begin(s, &page, &bar, (g.diag & kDiagNoCopy) ? 0u : bytes)) goto done;
+          if (g.diag & kDiagNoCopy) {
+          } else if (g.evict_first) {
+            bulk_load_hint(page, src + (size_t)first * g.dim, bytes, bar, policy);
+          } else {
+            bulk_load(page, src + (size_t)first * g.dim, bytes, bar);
+          }
           iss.end(s);
         }
       }
@@ -98,7 +103,11 @@ __device__ static void consume(const Globals &g, Smem &s, int q0, int q1) {
       const int *w = g.instr + i * MK_INSTR_WORDS;
       const int op = w[MK_I_OP], layer = w[MK_I_LAYER], wait = w[MK_I_WAIT];
       const bool tracing = g.trace && step == g.trace_step && ctid() == 0;
-      if (tracing) g.trace[3 * i] = global_ns();
+      unsigned long long *tr = tracing ? g.trace + (size_t)kTraceWords * i : nullptr;
+      if (tr) {
+        tr[0] = global_ns();
+        s.first_page_at = tr + 2;  // PageCursor::note_first_page (stays 0 when the instruction streams no pages)
+      }
       if (ctid() == 0) {
         bool ok = true;
         if (wait >= 0) {
@@ -107,13 +116,25 @@ __device__ static void consume(const Globals &g, Smem &s, int q0, int q1) {
           if (req > 0) ok = wait_counter(g.counters, wait, (uint32_t)req, g.ctrl, g.timeout_ns, i, op, layer, step);
         }
         s.flag = ok;
+        s.instr_now = i;
+        s.step_now = step;
       }
       consumer_sync();
       if (!s.flag) return;
-      if (tracing) g.trace[3 * i + 1] = global_ns();
+      if (tr) tr[1] = global_ns();
       const bool sig = run_op(g, s, cur, op, w + MK_I_A0, layer, step);  // ends with the consumers synced
-      if (sig && w[MK_I_SIGNAL] >= 0 && ctid() == 0) signal_counter(g.counters, w[MK_I_SIGNAL]);
-      if (tracing) g.trace[3 * i + 2] = global_ns();
+      if (tr) {
+        tr[3] = global_ns();
+        s.first_page_at = nullptr;
+      }
+      if (sig && w[MK_I_SIGNAL] >= 0 && ctid() == 0) {
+        if (g.diag & kDiagNoRelease) {  // diagnostic, unsafe: what the release fence costs
+          asm volatile("red.relaxed.gpu.global.add.u32 [%0], 1;" ::"l"(g.counters + w[MK_I_SIGNAL]) : "memory");
+        } else {
+          signal_counter(g.counters, w[MK_I_SIGNAL]);
+        }
+      }
+      if (tr) tr[4] = global_ns();
     }
   }
 }
@@ -130,8 +151,13 @@ __global__ void __launch_bounds__(kThreads, 1) megakernel(const __grid_constant_
     s.stop = 0;
     s.producer_done = 0;
     s.issued = 0;
+    s.first_page_at = nullptr;
     asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+  }
+  if (g.diag & kDiagNoCopy) {  // pages are never written: give them finite contents
+    for (int i = threadIdx.x; i < kPages * kPageBytes / 16; i += kThreads)
+      reinterpret_cast<uint4 *>(s.pages)[i] = make_uint4(0, 0, 0, 0);
   }
   __syncthreads();
   const int q0 = g.queue_start[blockIdx.x], q1 = g.queue_start[blockIdx.x + 1];

@@ -30,6 +30,13 @@ constexpr int kCandidates = 64;                   // MK_CUDA_MAX_TOP_K
 static_assert(kPageBytes % 16 == 0, "bulk copies move multiples of 16 bytes");
 static_assert(kThreads == 288, "8 consumer warps + 1 producer warp");
 constexpr size_t kSmemLimit = 227 * 1024;        // Hopper: usable dynamic shared memory per block
+constexpr int kTraceWords = 5;                    // timestamps per traced instruction (Globals.trace)
+// Diagnostics (Globals.diag, MKCHAT_DIAG): the output is meaningless, the step time says what the rest costs.
+constexpr int kDiagNoCopy = 1;                    // pages complete without being copied (no HBM weight traffic)
+constexpr int kDiagNoMath = 2;                    // consumers take and release pages but skip the dot products
+constexpr int kDiagNoPages = 4;                   // no weight pages at all: synchronisation, norms, attention only
+constexpr int kDiagNoRelease = 8;                 // counters are bumped without a release fence (UNSAFE: a consumer
+                                                  // may read stale data; measures what the fences cost)
 
 // --- shared memory --------------------------------------------------------------------------------------------------
 struct __align__(128) Smem {
@@ -45,6 +52,8 @@ struct __align__(128) Smem {
   volatile uint32_t issued;                // pages issued by the producer
   uint32_t npages;                         // ring pages in use (<= kPages; Globals.ring_pages, for tuning)
   int flag;                                // broadcast slot among consumers
+  unsigned long long *first_page_at;       // MKCHAT_TRACE: where the traced instruction's first-page time goes
+  int instr_now, step_now;                 // the instruction in progress (for a page-wait timeout's report)
 };
 static_assert(sizeof(Smem) <= kSmemLimit, "the shared-memory layout must fit one Hopper SM");
 
@@ -60,6 +69,10 @@ __device__ __forceinline__ void mbar_expect_tx(uint64_t *bar, uint32_t bytes) {
 }
 __device__ __forceinline__ void mbar_arrive(uint64_t *bar) {
   asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(smem_addr(bar)) : "memory");
+}
+// `count` arrivals at once (one warp standing for all the consumer warps).
+__device__ __forceinline__ void mbar_arrive_n(uint64_t *bar, uint32_t count) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0], %1;" ::"r"(smem_addr(bar)), "r"(count) : "memory");
 }
 __device__ __forceinline__ bool mbar_try_wait(uint64_t *bar, uint32_t parity) {
   uint32_t ok;
@@ -157,15 +170,33 @@ __device__ __forceinline__ void signal_counter(uint32_t *counters, int c) {
 // Slot and phase advance incrementally: a division by the run-time ring size on every page cost v4 ~40% of its speed.
 struct PageCursor {
   uint32_t slot = 0, phase = 0;
+  uint32_t index = 0;  // pages consumed since the launch began (the producer's Smem.issued counts the same pages)
   __device__ __forceinline__ const uint8_t *acquire(Smem &s) const {
     while (!mbar_try_wait(&s.full[slot], phase)) {
     }
+    note_first_page(s);
     return s.pages[slot];
+  }
+  // MKCHAT_TRACE: the first page of the traced instruction is in hand (one timer read per instruction, not per page).
+  __device__ __forceinline__ static void note_first_page(Smem &s) {
+    if (threadIdx.x == 0 && s.first_page_at) {
+      *s.first_page_at = global_ns();
+      s.first_page_at = nullptr;
+    }
+  }
+  // Skip `n` pages that the consumers took and released some other way (matvec_rows_by_page); every consumer
+  // thread calls it with the same n so the cursors stay identical.
+  __device__ __forceinline__ void advance(const Smem &s, uint32_t n) {
+    index += n;
+    const uint32_t t = slot + n, wraps = t / s.npages;
+    slot = t - wraps * s.npages;
+    phase ^= wraps & 1;
   }
   // Every consumer warp calls release once per page, after its last read of it.
   __device__ __forceinline__ void release(Smem &s) {
     __syncwarp();
     if ((threadIdx.x & 31) == 0) mbar_arrive(&s.empty[slot]);
+    ++index;
     if (++slot == s.npages) {
       slot = 0;
       phase ^= 1;

@@ -5,7 +5,8 @@
  *   deno run -A tests/gpu/bench_decode.ts --model synthetic:llama-3.2-1b --device cuda --prompt 32 --gen 128
  *
  * --variants "A=1 B=2|A=3" times each set of environment variables in turn in the same process (the CUDA backend
- * reads its tuning knobs, MKCHAT_RING_PAGES and MKCHAT_LOOKAHEAD_KB, at every launch).
+ * reads its knobs at every launch: MKCHAT_RING_PAGES, MKCHAT_EVICT_FIRST, MKCHAT_MATVEC_BY_PAGE and the diagnostic
+ * MKCHAT_DIAG; the scheduler's MKCHAT_ATTN_SPLITS and MKCHAT_FUSED_MLP only when the program is built, at load).
  *
  * @module
  */
@@ -32,10 +33,15 @@ const weightBytes = files.tensors.reduce((s, t) => s + t.nbytes, 0);
 const pct = (xs: number[], p: number) =>
   [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(p * xs.length))];
 const variants = values.variants ? values.variants.split("|") : [""];
+// Each variant starts from the environment the process began with: the previous variant's settings are undone.
+const setByVariant = new Map<string, string | undefined>();
 for (let r = 0; r < Number(values.runs) * variants.length; r++) {
   const variant = variants[r % variants.length].trim();
+  for (const [k, v] of setByVariant) v === undefined ? Deno.env.delete(k) : Deno.env.set(k, v);
+  setByVariant.clear();
   for (const kv of variant.split(/\s+/).filter(Boolean)) {
     const [k, v] = kv.split("=");
+    setByVariant.set(k, Deno.env.get(k));
     Deno.env.set(k, v);
   }
   await engine.truncate(0);

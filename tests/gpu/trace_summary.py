@@ -3,8 +3,10 @@
 
     MKCHAT_TRACE=/tmp/trace.csv deno run -A tests/gpu/bench_decode.ts --runs 1 && python3 tests/gpu/trace_summary.py /tmp/trace.csv
 
-Per op: instructions, mean wait on its counter, mean run time (compute + page waits + stores); per stage (layer, op):
-when its first instruction started running and its last finished, so the gaps between stages show the critical path.
+Per op: instructions, mean wait on its counter, mean run time (compute + page waits + stores), and the run split
+into its parts: before the first page is in hand (input vector from L2, norm), from there to the end of the compute
+(the pages), and the counter signal; per stage (layer, op): when its first instruction started running and its last
+finished, so the gaps between stages show the critical path.
 """
 import csv
 import sys
@@ -14,16 +16,27 @@ rows = list(csv.DictReader(open(sys.argv[1])))
 for r in rows:
     for k in ("wait_begin_ns", "wait_end_ns", "done_ns", "layer", "queue"):
         r[k] = int(r[k])
+    # older traces have no first-page / compute-done columns
+    r["first_page_ns"] = int(r.get("first_page_ns", -1))
+    r["run_end_ns"] = int(r.get("run_end_ns", r["done_ns"]))
 t_end = max(r["done_ns"] for r in rows)
 print(f"step {rows[0]['step']}: {t_end / 1000:.1f} us from the first wait to the last instruction done")
 by_op = defaultdict(list)
 for r in rows:
     by_op[r["op"]].append(r)
-print(f"{'op':<8}{'n':>6}{'wait us':>10}{'run us':>10}{'run max':>10}")
+def mean(xs):
+    return sum(xs) / len(xs) if xs else 0.0
+
+
+print(f"{'op':<8}{'n':>6}{'wait us':>10}{'run us':>10}{'run max':>10}{'pre-page':>10}{'pages':>10}{'signal':>10}")
 for op, rs in by_op.items():
-    w = sum(r["wait_end_ns"] - r["wait_begin_ns"] for r in rs) / len(rs) / 1000
+    w = mean([r["wait_end_ns"] - r["wait_begin_ns"] for r in rs]) / 1000
     u = [(r["done_ns"] - r["wait_end_ns"]) / 1000 for r in rs]
-    print(f"{op:<8}{len(rs):>6}{w:>10.2f}{sum(u) / len(u):>10.2f}{max(u):>10.2f}")
+    paged = [r for r in rs if r["first_page_ns"] >= 0]
+    pre = mean([r["first_page_ns"] - r["wait_end_ns"] for r in paged]) / 1000
+    pages = mean([r["run_end_ns"] - r["first_page_ns"] for r in paged]) / 1000
+    sig = mean([r["done_ns"] - r["run_end_ns"] for r in rs]) / 1000
+    print(f"{op:<8}{len(rs):>6}{w:>10.2f}{mean(u):>10.2f}{max(u):>10.2f}{pre:>10.2f}{pages:>10.2f}{sig:>10.2f}")
 stages = defaultdict(list)
 for r in rows:
     stages[(r["layer"], r["op"])].append(r)

@@ -94,9 +94,14 @@ struct Globals {
   int max_tokens;
   SampleParams sp;
   unsigned long long timeout_ns;
-  // optional per-instruction timing of one step (MKCHAT_TRACE): [n_instr][3] = wait begin, wait end, done (ns)
+  // optional per-instruction timing of one step (MKCHAT_TRACE): [n_instr][kTraceWords] = wait begin, wait end,
+  // first page in hand, compute done (before the signal), done (after the signal), in ns of %globaltimer
   unsigned long long *trace;
   int trace_step;
+  // diagnostics only (MKCHAT_DIAG, bits of kDiag*): take parts of the work away to measure what the rest costs
+  int diag;
+  // consumers' matvec mapping: 1 = one warp per page (default), 0 = one warp per row (MKCHAT_MATVEC_BY_PAGE=0)
+  int matvec_by_page;
   int ring_pages;             // pages of the ring in use (kPages; MKCHAT_RING_PAGES overrides, for tuning)
   int evict_first;            // stream weights with an L2 evict-first policy (default 1; MKCHAT_EVICT_FIRST=0 disables)
 };
