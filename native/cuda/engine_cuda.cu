@@ -225,6 +225,8 @@ mk::Globals base_globals(const mk_engine *e, const CudaState *st) {
   if (const char *rp = getenv("MKCHAT_RING_PAGES")) g.ring_pages = atoi(rp);
   g.evict_first = 1;
   if (const char *ef = getenv("MKCHAT_EVICT_FIRST")) g.evict_first = atoi(ef);
+  g.bulk_publish = 1;
+  if (const char *bp = getenv("MKCHAT_BULK_PUBLISH")) g.bulk_publish = atoi(bp);
   g.matvec_by_page = 1;
   if (const char *mp = getenv("MKCHAT_MATVEC_BY_PAGE")) g.matvec_by_page = atoi(mp);
   if (const char *dg = getenv("MKCHAT_DIAG")) g.diag = atoi(dg);  // diagnostics: vm.cuh kDiag*

@@ -54,6 +54,8 @@ struct __align__(128) Smem {
   int flag;                                // broadcast slot among consumers
   unsigned long long *first_page_at;       // MKCHAT_TRACE: where the traced instruction's first-page time goes
   int instr_now, step_now;                 // the instruction in progress (for a page-wait timeout's report)
+  int published;                           // set by an op (thread 0) whose outputs went out as completed bulk
+                                           // stores: its counter signal needs no release fence
 };
 static_assert(sizeof(Smem) <= kSmemLimit, "the shared-memory layout must fit one Hopper SM");
 
@@ -105,6 +107,26 @@ __device__ __forceinline__ uint64_t evict_first_policy() {
   asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(p));
   return p;
 }
+// Bulk stores from shared to global memory through the copy engine (bulk_group completion), used to publish an
+// instruction's outputs: waiting for their completion does not wait for the SM's weight copies in flight, which a
+// release fence does (PERF_LOG v14). Addresses and sizes are multiples of 16 bytes.
+__device__ __forceinline__ void bulk_store(void *gdst, const void *ssrc, uint32_t bytes) {
+  asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;" ::"l"(gdst), "r"(smem_addr(ssrc)),
+               "r"(bytes)
+               : "memory");
+}
+__device__ __forceinline__ void bulk_reduce_add(float *gdst, const float *ssrc, uint32_t bytes) {
+  asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;" ::"l"(gdst),
+               "r"(smem_addr(ssrc)), "r"(bytes)
+               : "memory");
+}
+// Wait until this thread's bulk stores are complete: their writes are in global memory.
+__device__ __forceinline__ void bulk_commit_wait() {
+  asm volatile("cp.async.bulk.commit_group;" ::: "memory");
+  asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");
+}
+// Shared-memory writes made by this thread are ordered before later bulk copies that read them (async proxy).
+__device__ __forceinline__ void fence_smem_to_bulk() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
 __device__ __forceinline__ void consumer_sync() { asm volatile("bar.sync 1, %0;" ::"n"(kConsumerThreads) : "memory"); }
 
 __device__ __forceinline__ uint64_t global_ns() {

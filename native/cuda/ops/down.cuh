@@ -16,7 +16,12 @@ struct DownOp {
     stage_vector(g, s, g.h + (size_t)a[2] * g.dim);
     matvec_rows(g, s, cur, a[1]);
     float *acc = g.resid + (size_t)(2 * layer + 2) * g.dim;
-    for (int k = ctid(); k < a[1]; k += kConsumerThreads) atomicAdd(acc + a[0] + k, s.out[k]);
+    if (bulk_rows(g, a[0], a[1])) {  // one bulk reduction (add) of the rows instead of an atomic add each
+      float *const dst[1] = {acc + a[0]};
+      publish_rows(s, s.out, dst, 1, a[1], true);
+    } else {
+      for (int k = ctid(); k < a[1]; k += kConsumerThreads) atomicAdd(acc + a[0] + k, s.out[k]);
+    }
     consumer_sync();
     return true;
   }

@@ -13,9 +13,17 @@ struct GateupOp {
   __device__ static bool run(const Globals &g, Smem &s, PageCursor &cur, const int *a, int layer, int) {
     rmsnorm_input(g, s, g.resid + (size_t)(2 * layer + 1) * g.dim, nullptr, g.layers[layer].ffn_norm);
     matvec_rows(g, s, cur, 2 * a[1]);
+    const bool bulk = bulk_rows(g, a[0], a[1]);
+    float *stage = reinterpret_cast<float *>(s.ids);
     for (int k = ctid(); k < a[1]; k += kConsumerThreads) {
       const float gate = s.out[2 * k], up = s.out[2 * k + 1];
-      g.h[a[0] + k] = gate / (1.f + expf(-gate)) * up;
+      const float v = gate / (1.f + expf(-gate)) * up;
+      if (bulk) stage[k] = v;
+      else g.h[a[0] + k] = v;
+    }
+    if (bulk) {
+      float *const dst[1] = {g.h + a[0]};
+      publish_rows(s, stage, dst, 1, a[1], false);
     }
     consumer_sync();
     return true;

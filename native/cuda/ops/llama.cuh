@@ -102,6 +102,9 @@ struct Globals {
   int diag;
   // consumers' matvec mapping: 1 = one warp per page (default), 0 = one warp per row (MKCHAT_MATVEC_BY_PAGE=0)
   int matvec_by_page;
+  // OPROJ, GATEUP and DOWN publish their outputs as bulk stores and signal without a release fence when their rows
+  // are whole 16-byte groups (1, default; MKCHAT_BULK_PUBLISH=0 for fenced plain stores everywhere)
+  int bulk_publish;
   int ring_pages;             // pages of the ring in use (kPages; MKCHAT_RING_PAGES overrides, for tuning)
   int evict_first;            // stream weights with an L2 evict-first policy (default 1; MKCHAT_EVICT_FIRST=0 disables)
 };
@@ -173,6 +176,25 @@ __device__ inline void rmsnorm_input(const Globals &g, Smem &s, const float *x_f
     store8(s.xs + 8 * t, v);
   }
   consumer_sync();
+}
+
+// Whether an instruction's output rows [a0, a0 + n) of fp32 can go out as bulk stores (whole 16-byte groups).
+__device__ __forceinline__ bool bulk_rows(const Globals &g, int a0, int n) {
+  return g.bulk_publish && (a0 & 3) == 0 && (n & 3) == 0 && n > 0;
+}
+// After every consumer wrote its share of `stage` (shared memory): thread 0 stores it to each of dst[0..n_dst) and
+// waits until the stores are complete, then the instruction's signal can be a plain increment (vm.cuh bulk_store).
+__device__ inline void publish_rows(Smem &s, const float *stage, float *const *dst, int n_dst, int n, bool add) {
+  fence_smem_to_bulk();
+  consumer_sync();
+  if (ctid() == 0) {
+    for (int i = 0; i < n_dst; ++i) {
+      if (add) bulk_reduce_add(dst[i], stage, 4u * n);
+      else bulk_store(dst[i], stage, 4u * n);
+    }
+    bulk_commit_wait();
+    s.published = 1;
+  }
 }
 
 // The input of layer L (program.h x_in): a pointer pair, exactly one of them non-null.

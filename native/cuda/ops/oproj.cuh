@@ -20,11 +20,21 @@ struct OprojOp {
     stage_vector(g, s, g.attn);
     matvec_rows(g, s, cur, a[1]);
     float *r1 = g.resid + (size_t)(2 * layer + 1) * g.dim, *r2 = r1 + g.dim;
+    const bool bulk = bulk_rows(g, a[0], a[1]);
+    float *stage = reinterpret_cast<float *>(s.ids);
     for (int k = ctid(); k < a[1]; k += kConsumerThreads) {
       const int r = a[0] + k;
       const float v = (k < kConsumerThreads ? x0 : layer_input_at(xf, xb, r)) + s.out[k];
-      r1[r] = v;
-      r2[r] = v;
+      if (bulk) {
+        stage[k] = v;
+      } else {
+        r1[r] = v;
+        r2[r] = v;
+      }
+    }
+    if (bulk) {
+      float *const dst[2] = {r1 + a[0], r2 + a[0]};
+      publish_rows(s, stage, dst, 2, a[1], false);
     }
     consumer_sync();
     return true;
