@@ -24,7 +24,7 @@ export const HEADER_WORDS = 16;
 /** Opcodes, as in native/program.h. */
 export const Op = { NOOP: 0, QKV: 1, ATTN: 2, OPROJ: 3, GATEUP: 4, DOWN: 5, LMHEAD: 6, SAMPLE: 7, MLP: 8 } as const;
 
-/** OPROJ, GATEUP and DOWN pieces are whole groups of this many rows: 16 bytes of fp32 output (splitAligned). */
+/** QKV (in pairs), OPROJ, GATEUP and DOWN pieces are whole groups of this many rows: 16 bytes of fp32 output. */
 export const PUBLISH_ROWS = 4;
 
 /** Largest row count of one LMHEAD instruction (its logits are sorted in shared memory). */
@@ -94,8 +94,9 @@ export function splitEven(total: number, parts: number): [number, number][] {
 
 /**
  * Split `total` items into `parts` contiguous ranges made of whole `unit`s (except a remainder at the end when `unit`
- * does not divide `total`), as even as that allows. The CUDA kernel publishes OPROJ, GATEUP and DOWN outputs with bulk
- * stores when their rows are whole 16-byte groups (4 fp32), which saves a release fence per instruction (PERF_LOG v16).
+ * does not divide `total`), as even as that allows. The CUDA kernel publishes QKV, OPROJ, GATEUP and DOWN outputs with
+ * bulk stores when their rows are whole 16-byte groups (4 fp32), which saves a release fence per instruction (PERF_LOG
+ * v16).
  */
 export function splitAligned(total: number, parts: number, unit: number): [number, number][] {
   const units = Math.floor(total / unit);
@@ -156,7 +157,7 @@ export function buildProgram(cfg: LlamaConfig, nQueues: number, opts: ScheduleOp
 
   for (let L = 0; L < nLayers; L++) {
     // RMSNorm + QKV + RoPE + KV append: pairs of rows that RoPE rotates together.
-    const qkvParts = splitEven(pairs, nQueues);
+    const qkvParts = splitAligned(pairs, nQueues, PUBLISH_ROWS);
     const qkv = counter(qkvParts.length);
     qkvParts.forEach(([start, n], i) => {
       const q = spread(qkvParts.length, i);

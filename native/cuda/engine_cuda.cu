@@ -367,7 +367,9 @@ extern "C" int mk_cuda_create(mk_engine *e) {
   CK(e, cudaMalloc(&st->kcache, kv * sizeof(bf16)));
   CK(e, cudaMalloc(&st->vcache, kv * sizeof(bf16)));
   CK(e, cudaMalloc(&st->resid, sizeof(float) * (2 * c.n_layers + 1) * c.dim));
-  CK(e, cudaMalloc(&st->q, sizeof(float) * c.n_heads * c.head_dim));
+  // q, then this position's k and v: all the fused QKV rows (QkvOp publishes them in one piece; ATTN reads the current
+  // position's k/v here rather than from the cache)
+  CK(e, cudaMalloc(&st->q, sizeof(float) * (c.n_heads + 2 * c.n_kv_heads) * c.head_dim));
   CK(e, cudaMalloc(&st->attn, sizeof(float) * c.n_heads * c.head_dim));
   CK(e, cudaMalloc(&st->h, sizeof(float) * c.hidden_dim));
   CK(e, cudaMalloc(&st->logits, sizeof(float) * c.vocab_size));

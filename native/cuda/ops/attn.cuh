@@ -16,6 +16,16 @@ namespace mk {
 
 constexpr int kTile = 32;       // positions per staged K/V tile: 2 x 32 x 64 x 2 B = 8 KiB = s.xs
 
+// Eight fp32 values that are exactly bf16 (read through L2) back into one 16-byte cache chunk.
+__device__ __forceinline__ uint4 pack_bf16x8(const float *f) {
+  const float4 a = __ldcg(reinterpret_cast<const float4 *>(f)), b = __ldcg(reinterpret_cast<const float4 *>(f) + 1);
+  const float v[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+  uint32_t u[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) u[i] = (__float_as_uint(v[2 * i]) >> 16) | (__float_as_uint(v[2 * i + 1]) & 0xffff0000u);
+  return make_uint4(u[0], u[1], u[2], u[3]);
+}
+
 struct AttnOp {
   __device__ static int rows(const Globals &, const int *, int, int) { return 0; }  // streams no weights
 
@@ -42,8 +52,16 @@ struct AttnOp {
       const int np = min(kTile, hi - p0), chunks = np * hd / 8;
       uint4 kr = make_uint4(0, 0, 0, 0), vr = make_uint4(0, 0, 0, 0);
       if (t < chunks) {
-        kr = __ldcg(reinterpret_cast<const uint4 *>(g.kcache + (head_base + p0) * hd) + t);
-        vr = __ldcg(reinterpret_cast<const uint4 *>(g.vcache + (head_base + p0) * hd) + t);
+        if (p0 + t / (hd / 8) == n - 1) {
+          // This step's own position: QKV published its k/v (bf16-rounded) with q, ordered by the QKV counter; its
+          // cache copy is ordered only for later tokens.
+          const float *kv = g.q + (size_t)(g.n_heads + kvh) * hd + (t % (hd / 8)) * 8;
+          kr = pack_bf16x8(kv);
+          vr = pack_bf16x8(kv + (size_t)g.n_kv * hd);
+        } else {
+          kr = __ldcg(reinterpret_cast<const uint4 *>(g.kcache + (head_base + p0) * hd) + t);
+          vr = __ldcg(reinterpret_cast<const uint4 *>(g.vcache + (head_base + p0) * hd) + t);
+        }
       }
       if (!q_stored && owner) q[j * hd + d] = qv;
       q_stored = true;

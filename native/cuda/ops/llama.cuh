@@ -75,7 +75,8 @@ struct Globals {
   int attn_splits;
   // buffers (program.h)
   float *resid;             // [2*n_layers + 1][dim]; index 0 unused (layer 0 reads the embedding)
-  float *q;                 // [n_heads*hd]
+  float *q;                 // [(n_heads + 2 n_kv) hd] the fused QKV output: q after RoPE, then this position's k
+                            // (after RoPE) and v, bf16-rounded as the cache holds them
   bf16 *kcache, *vcache;    // [n_layers][n_kv][ctx][hd]
   float *attn_part;         // [n_heads][splits][hd + 2]
   float *attn;              // [n_heads*hd]

@@ -29,6 +29,10 @@ struct QkvOp {
     matvec_rows(g, s, cur, 2 * a[1]);
     const int pos = g.start_pos + step;
     const int q_rows = g.n_heads * g.hd, kv_rows = g.n_kv * g.hd, half_hd = g.hd / 2;
+    // Every output also goes to g.q[fused row]; when the pairs are whole 16-byte groups they are staged in shared
+    // memory and published with bulk stores (one per half-head run), which needs no release fence (vm.cuh).
+    const bool bulk = g.bulk_publish && (a[0] & 3) == 0 && (a[1] & 3) == 0 && (half_hd & 3) == 0;
+    float *stage = reinterpret_cast<float *>(s.ids);
     for (int k = ctid(); k < a[1]; k += kConsumerThreads) {
       const int pair = a[0] + k, fr = fused_of(g, pair, 0), i = pair % half_hd;
       float x1 = s.out[2 * k], x2 = s.out[2 * k + 1];
@@ -39,16 +43,40 @@ struct QkvOp {
         x1 = r1;
         x2 = r2;
       }
-      if (fr < q_rows) {
-        g.q[fr] = x1;
-        g.q[fr + half_hd] = x2;
-      } else {
+      if (fr >= q_rows) {  // k or v: the cache holds bf16, and this step's attention reads the same rounding
         const bool is_k = fr < q_rows + kv_rows;
         const int off = fr - q_rows - (is_k ? 0 : kv_rows), kvh = off / g.hd, d = off % g.hd;
         bf16 *cache = is_k ? g.kcache : g.vcache;
         bf16 *dst = cache + (((size_t)layer * g.n_kv + kvh) * g.ctx + pos) * g.hd + d;
-        dst[0] = __float2bfloat16_rn(x1);
-        dst[half_hd] = __float2bfloat16_rn(x2);
+        const bf16 b1 = __float2bfloat16_rn(x1), b2 = __float2bfloat16_rn(x2);
+        dst[0] = b1;
+        dst[half_hd] = b2;
+        x1 = bf2f(b1);
+        x2 = bf2f(b2);
+      }
+      if (bulk) {
+        // Run layout of the stage: for each head the piece touches, its first-half rows then its second-half rows.
+        const int h = pair / half_hd, seg0 = max(a[0], h * half_hd);
+        const int seg_len = min(a[0] + a[1], (h + 1) * half_hd) - seg0, base = 2 * (seg0 - a[0]);
+        stage[base + pair - seg0] = x1;
+        stage[base + seg_len + pair - seg0] = x2;
+      } else {
+        g.q[fr] = x1;
+        g.q[fr + half_hd] = x2;
+      }
+    }
+    if (bulk) {
+      fence_smem_to_bulk();
+      consumer_sync();
+      if (ctid() == 0) {
+        for (int h = a[0] / half_hd; h * half_hd < a[0] + a[1]; ++h) {
+          const int seg0 = max(a[0], h * half_hd), seg_len = min(a[0] + a[1], (h + 1) * half_hd) - seg0;
+          const int base = 2 * (seg0 - a[0]), row0 = fused_of(g, seg0, 0);
+          bulk_store(g.q + row0, stage + base, 4u * seg_len);
+          bulk_store(g.q + row0 + half_hd, stage + base + seg_len, 4u * seg_len);
+        }
+        bulk_commit_wait();
+        s.published = 1;
       }
     }
     consumer_sync();
