@@ -10,6 +10,8 @@
  * @module
  */
 
+import type { LlamaConfig } from "../weights/config.ts";
+
 /** `MK_ABI_VERSION` of the header this table mirrors; the library must report the same from `mk_abi_version()`. */
 export const MK_ABI_VERSION = 1;
 
@@ -177,25 +179,8 @@ export const MODEL_CONFIG = {
   tie_embeddings: 64,
 } as const;
 
-/** The fields of `mk_model_config` in the camelCase of weights/config.ts's LlamaConfig. */
-export interface ModelConfigFields {
-  vocabSize: number;
-  dim: number;
-  hiddenDim: number;
-  nLayers: number;
-  nHeads: number;
-  nKvHeads: number;
-  headDim: number;
-  maxPosition: number;
-  rmsEps: number;
-  ropeTheta: number;
-  ropeType: number;
-  ropeFactor: number;
-  ropeLowFreqFactor: number;
-  ropeHighFreqFactor: number;
-  ropeOriginalMaxPosition: number;
-  tieEmbeddings: boolean;
-}
+/** The fields of `mk_model_config`: weights/config.ts's LlamaConfig without the tokenizer ids the engine never sees. */
+export type ModelConfigFields = Omit<LlamaConfig, "bosTokenId" | "eosTokenIds">;
 
 /** Writes a `mk_model_config` (struct_size included) into a new buffer. */
 export function writeModelConfig(c: ModelConfigFields): Uint8Array<ArrayBuffer> {
