@@ -153,13 +153,7 @@ export class ChatSession {
       }
     } finally {
       // Stopped early by our consumer: end the generation (the engine cancels and waits for the native call).
-      if (result === undefined) {
-        await stream.return(undefined as never);
-        // The native side may have fed back a token we never received before it saw the cancel: keep only what we
-        // know the ids of (found on a 16-core machine, where the CPU engine outran the consumer by one token).
-        const known = ids.length + generated.length;
-        if (engine.position > known) await engine.truncate(known);
-      }
+      if (result === undefined) await stream.return(undefined as never);
       // The cache holds a prefix of prompt ++ generated: engine.position says how long.
       this.#cached = [...ids, ...generated].slice(0, engine.position);
     }

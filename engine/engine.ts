@@ -336,7 +336,8 @@ export class Engine {
 
   /**
    * Prefills `prompt` (at least one token) and generates, yielding each token as soon as the native thread publishes
-   * it; returns the GenerateResult. Stopping the iteration early (break) cancels the generation and waits for it.
+   * it; returns the GenerateResult. Stopping the iteration early (break) cancels the generation and waits for it,
+   * and the cache then holds the prompt and at most the tokens delivered (never one the consumer did not see).
    * A second generate while one runs throws MkError("busy").
    */
   async *generate(prompt: number[], sp: SamplingParams): AsyncGenerator<GeneratedToken, GenerateResult> {
@@ -368,6 +369,7 @@ export class Engine {
     streamBuf: ArrayBuffer,
   ): AsyncGenerator<GeneratedToken, GenerateResult> {
     const lib = this.#lib;
+    const start = this.#position;
     // room: positions the cache still has after the prompt. The native loop stops with "context" after room + 1
     // tokens (the last one never enters the cache) and needs arrays of max_tokens entries: room + 2 keeps
     // "context" distinguishable from "length" without allocating arrays for a maxTokens that cannot be reached.
@@ -426,12 +428,21 @@ export class Engine {
         tick.cancel();
       }
     } finally {
-      if (outcome.status === null && outcome.failure === null) {
+      const stoppedEarly = outcome.status === null && outcome.failure === null;
+      if (stoppedEarly) {
         // The consumer stopped early (break, an exception): stop the native call before the buffers can go.
         Atomics.store(header, STREAM.cancel / 4, 1);
         await call;
       }
       this.#position = lib.symbols.mk_engine_position(handle);
+      // Before it saw the cancel, the native loop may have fed back a token it published after our last look: drop
+      // it, so that the cache is the prompt plus tokens the consumer has seen (a fast CPU engine outran a chat
+      // consumer by one token on a 16-core machine).
+      const known = start + prompt.length + seen;
+      if (stoppedEarly && this.#position > known) {
+        unwrap(lib.symbols.mk_engine_truncate(handle, known), lib, handle);
+        this.#position = lib.symbols.mk_engine_position(handle);
+      }
     }
     if (outcome.failure !== null) throw outcome.failure;
     const status = unwrap(outcome.status!, lib, handle);
