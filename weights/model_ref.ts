@@ -19,10 +19,10 @@ import { MkError } from "./errors.ts";
  * The shapes synthetic models can take: Llama-3.2-1B exactly; `tiny` for CPU tests; `small`, the smallest the CUDA
  * megakernel runs (GPU fidelity and compute-sanitizer). All use the Llama-3 tokenizer.
  */
-export type SyntheticShape = "llama-3.2-1b" | "tiny" | "small";
+export type SyntheticShape = "llama-3.2-1b" | "tiny" | "small" | "small-hd128";
 
 /** Every synthetic shape, in the order help texts list them. */
-export const SYNTHETIC_SHAPES: readonly SyntheticShape[] = ["llama-3.2-1b", "tiny", "small"];
+export const SYNTHETIC_SHAPES: readonly SyntheticShape[] = ["llama-3.2-1b", "tiny", "small", "small-hd128"];
 
 /** What a model reference names. */
 export type ModelRef =

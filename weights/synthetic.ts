@@ -59,6 +59,8 @@ const SHAPES: Record<SyntheticShape, ShapeDims> = {
   // The smallest shape the CUDA megakernel runs (hidden a power of two >= 256, head_dim 64, GQA groups of 4): the
   // second config of the GPU fidelity check and the one compute-sanitizer runs on.
   "small": { vocab: 128256, hidden: 512, intermediate: 1536, layers: 4, heads: 8, kvHeads: 2, headDim: 64 },
+  // The megakernel's other attention tile size (head_dim 128, as in the larger Llama-3 models, GQA groups of 2).
+  "small-hd128": { vocab: 128256, hidden: 512, intermediate: 1536, layers: 2, heads: 4, kvHeads: 2, headDim: 128 },
 };
 
 const EOS_IDS = [128001, 128008, 128009];

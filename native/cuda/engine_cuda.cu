@@ -227,6 +227,10 @@ mk::Globals base_globals(const mk_engine *e, const CudaState *st) {
   if (const char *ef = getenv("MKCHAT_EVICT_FIRST")) g.evict_first = atoi(ef);
   g.bulk_publish = 1;
   if (const char *bp = getenv("MKCHAT_BULK_PUBLISH")) g.bulk_publish = atoi(bp);
+  g.inflight_pages = 3;
+  if (const char *ip = getenv("MKCHAT_INFLIGHT_PAGES")) g.inflight_pages = atoi(ip);
+  g.attn_prefetch = 1;
+  if (const char *ap = getenv("MKCHAT_ATTN_PREFETCH")) g.attn_prefetch = atoi(ap);
   g.matvec_by_page = 1;
   if (const char *mp = getenv("MKCHAT_MATVEC_BY_PAGE")) g.matvec_by_page = atoi(mp);
   if (const char *dg = getenv("MKCHAT_DIAG")) g.diag = atoi(dg);  // diagnostics: vm.cuh kDiag*

@@ -34,6 +34,11 @@ __device__ static int op_weights(const Globals &g, int op, const int *a, int lay
   }
 }
 
+// Work an instruction can start before its counter wait, on inputs that an earlier wait already ordered.
+__device__ static void prewait_op(const Globals &g, Smem &s, int op, const int *a, int layer, int step) {
+  if (op == MK_OP_ATTN && g.attn_prefetch) AttnOp::prefetch(g, s, a, layer, step);
+}
+
 // Returns whether the instruction signals its counter.
 __device__ static bool run_op(const Globals &g, Smem &s, PageCursor &cur, int op, const int *a, int layer, int step) {
   switch (op) {
@@ -57,6 +62,7 @@ __device__ static void produce(const Globals &g, Smem &s, int q0, int q1) {
   const int R = rows_per_page(g.dim);
   const uint32_t row_bytes = 2u * g.dim;
   const uint64_t policy = evict_first_policy();
+  const uint32_t inflight = g.inflight_pages > 0 ? min((uint32_t)g.inflight_pages, s.npages - 1) : 0u;
   for (int step = 0; step < g.n_steps; ++step) {
     for (int i = q0; i < q1; ++i) {
       const int *w = g.instr + i * MK_INSTR_WORDS;
@@ -69,7 +75,7 @@ __device__ static void produce(const Globals &g, Smem &s, int q0, int q1) {
           const uint32_t bytes = (uint32_t)min(R, n - first) * row_bytes;
           uint8_t *page;
           uint64_t *bar;
-          if (!iss.begin(s, &page, &bar, (g.diag & kDiagNoCopy) ? 0u : bytes)) goto done;
+          if (!iss.begin(s, &page, &bar, (g.diag & kDiagNoCopy) ? 0u : bytes, inflight)) goto done;
           if (g.diag & kDiagNoCopy) {
           } else if (g.evict_first) {
             bulk_load_hint(page, src + (size_t)first * g.dim, bytes, bar, policy);
@@ -108,6 +114,7 @@ __device__ static void consume(const Globals &g, Smem &s, int q0, int q1) {
         tr[0] = global_ns();
         s.first_page_at = tr + 2;  // PageCursor::note_first_page (stays 0 when the instruction streams no pages)
       }
+      prewait_op(g, s, op, w + MK_I_A0, layer, step);
       if (ctid() == 0) {
         bool ok = true;
         if (wait >= 0) {

@@ -125,6 +125,13 @@ __device__ __forceinline__ void bulk_commit_wait() {
   asm volatile("cp.async.bulk.commit_group;" ::: "memory");
   asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");
 }
+// 16-byte asynchronous copy global -> shared by this thread (cp.async, L2 only): a load whose data waits in shared
+// memory, so it can be issued before a counter wait without holding registers across it.
+__device__ __forceinline__ void cp_async16(void *sdst, const void *gsrc) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(smem_addr(sdst)), "l"(gsrc) : "memory");
+}
+// Wait until this thread's cp.async copies have landed (other threads see them after a barrier).
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;" ::: "memory"); }
 // Shared-memory writes made by this thread are ordered before later bulk copies that read them (async proxy).
 __device__ __forceinline__ void fence_smem_to_bulk() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
 __device__ __forceinline__ void consumer_sync() { asm volatile("bar.sync 1, %0;" ::"n"(kConsumerThreads) : "memory"); }
@@ -229,10 +236,21 @@ struct PageCursor {
 // The producer's side: make room for one more page and issue its copies (lane 0 of the producer warp only).
 struct PageIssuer {
   uint32_t next = 0, slot = 0, round = 0;
-  // Returns false when the consumers asked to stop.
-  __device__ __forceinline__ bool begin(Smem &s, uint8_t **page, uint64_t **bar, uint32_t bytes) {
+  // Returns false when the consumers asked to stop. At most `inflight` pages are in flight at once (0: the whole
+  // ring): page `next` is issued only once page next - inflight has landed. The pages beyond that wait in HBM's
+  // queue, where they delay every other load of the latency chain without streaming any faster (PERF_LOG v18).
+  __device__ __forceinline__ bool begin(Smem &s, uint8_t **page, uint64_t **bar, uint32_t bytes, uint32_t inflight) {
     if (round > 0) {
       while (!mbar_try_wait(&s.empty[slot], (round - 1) & 1)) {
+        if (s.stop) return false;
+      }
+    }
+    if (inflight > 0 && next >= inflight) {
+      // Page next - inflight is still the newest page of its slot (inflight < npages), so its fill's parity is
+      // unambiguous.
+      const uint32_t bslot = slot >= inflight ? slot - inflight : slot + s.npages - inflight;
+      const uint32_t bround = round - (slot >= inflight ? 0u : 1u);
+      while (!mbar_try_wait(&s.full[bslot], bround & 1)) {
         if (s.stop) return false;
       }
     }

@@ -5,7 +5,8 @@
  *   deno run -A tests/gpu/bench_decode.ts --model synthetic:llama-3.2-1b --device cuda --prompt 32 --gen 128
  *
  * --variants "A=1 B=2|A=3" times each set of environment variables in turn in the same process (the CUDA backend
- * reads its knobs at every launch: MKCHAT_RING_PAGES, MKCHAT_EVICT_FIRST, MKCHAT_MATVEC_BY_PAGE and the diagnostic
+ * reads its knobs at every launch: MKCHAT_RING_PAGES, MKCHAT_INFLIGHT_PAGES, MKCHAT_EVICT_FIRST, MKCHAT_MATVEC_BY_PAGE,
+ * MKCHAT_BULK_PUBLISH, MKCHAT_ATTN_PREFETCH and the diagnostic
  * MKCHAT_DIAG; the scheduler's MKCHAT_ATTN_SPLITS and MKCHAT_FUSED_MLP only when the program is built, at load).
  *
  * @module

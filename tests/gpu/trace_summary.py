@@ -5,7 +5,8 @@
 
 Per op: instructions, mean wait on its counter, mean run time (compute + page waits + stores), and the run split
 into its parts: before the first page is in hand (input vector from L2, norm), from there to the end of the compute
-(the pages), and the counter signal; per stage (layer, op): when its first instruction started running and its last
+(the pages), and the counter signal (ATTN, which has no pages, marks the end of its K/V tiles instead: its pre-page
+is the attention itself, its pages the partial's store, the arrival and the merge); per stage (layer, op): when its first instruction started running and its last
 finished, so the gaps between stages show the critical path.
 """
 import csv

@@ -3,9 +3,10 @@
 // of the group goes to attn_part; the split that arrives last for (layer, g) merges all partials into attn and is the
 // only one that signals, so ATTN's counter counts kv heads, not splits.
 //
-// Attention sits on the critical path of every layer, so it is written for latency: K and V of up to kTile positions
-// are staged in shared memory with one round of 16-byte loads (the positions of a kv head are contiguous in the
-// cache), every (head, position) score is one thread's 64-wide dot product, and the merge loads all partials at once.
+// Attention sits on the critical path of every layer, so it is written for latency: K and V of a tile of positions
+// are staged in shared memory with one round of 16-byte cp.async copies (the positions of a kv head are contiguous in
+// the cache), the first tile's before the instruction's counter wait; every (head, position) score is one thread's
+// dot product, and the merge loads all partials at once.
 // Thread (j, d) = (q head of the group, dimension) owns one output element; the host requires G * hd <= 256.
 #pragma once
 #include <math_constants.h>
@@ -14,7 +15,11 @@
 
 namespace mk {
 
-constexpr int kTile = 32;       // positions per staged K/V tile: 2 x 32 x 64 x 2 B = 8 KiB = s.xs
+constexpr int kTile = 32;       // most positions per staged K/V tile
+
+// Positions per tile: a tile's K and V fill at most s.xs (8 KiB: 32 positions at hd 64, 16 at hd 128), one 16-byte
+// chunk per consumer thread.
+__device__ __forceinline__ int tile_positions(int hd) { return min(kTile, (int)sizeof(Smem::xs) / (4 * hd)); }
 
 // Eight fp32 values that are exactly bf16 (read through L2) back into one 16-byte cache chunk.
 __device__ __forceinline__ uint4 pack_bf16x8(const float *f) {
@@ -26,79 +31,122 @@ __device__ __forceinline__ uint4 pack_bf16x8(const float *f) {
   return make_uint4(u[0], u[1], u[2], u[3]);
 }
 
+// The context positions [lo, hi) of one split at this step, n = positions in the context (program.h MK_OP_ATTN).
+struct AttnSpan {
+  int n, lo, hi, used;  // used: splits in use at this context length (the rest are empty)
+  __device__ AttnSpan(const Globals &g, int split, int step) {
+    n = g.start_pos + step + 1;
+    used = min(g.attn_splits, (n + MK_ATTN_SPLIT_POSITIONS - 1) / MK_ATTN_SPLIT_POSITIONS);
+    const int chunk = (n + used - 1) / used;
+    lo = min(split * chunk, n);
+    hi = min(lo + chunk, n);
+  }
+};
+
 struct AttnOp {
   __device__ static int rows(const Globals &, const int *, int, int) { return 0; }  // streams no weights
 
+  // Where 16-byte chunk c (of cpp per position) of tile position p of K sits in the tile: rows are 128 bytes apart at
+  // hd 64, so unswizzled the score threads of a warp, which read the same chunk of consecutive positions, would all
+  // hit the same four banks.
+  __device__ __forceinline__ static int kslot(int p, int c, int cpp) { return p * cpp + (c ^ (p & (min(8, cpp) - 1))); }
+
+  // K and V of the tile at p0 into s.xs with cp.async, thread t taking chunk t, except this step's own position,
+  // which QKV publishes with q (ordered by the QKV counter, not yet by anything for the cache).
+  __device__ static void issue_tile(const Globals &g, Smem &s, size_t head_base, int n, int hi, int p0) {
+    const int hd = g.hd, cpp = hd / 8, t = ctid(), np = min(tile_positions(hd), hi - p0);
+    if (t >= np * cpp || p0 + t / cpp == n - 1) return;
+    const size_t at = (head_base + p0) * hd;
+    uint4 *ktile = reinterpret_cast<uint4 *>(s.xs), *vtile = ktile + np * cpp;
+    cp_async16(ktile + kslot(t / cpp, t % cpp, cpp), reinterpret_cast<const uint4 *>(g.kcache + at) + t);
+    cp_async16(vtile + t, reinterpret_cast<const uint4 *>(g.vcache + at) + t);
+  }
+
+  // Before the QKV counter wait (megakernel.cu, g.attn_prefetch): the split's first tile of older positions needs
+  // nothing from this step (the step gate ordered it for this token), so the wait hides its latency.
+  __device__ static void prefetch(const Globals &g, Smem &s, const int *a, int layer, int step) {
+    const AttnSpan sp(g, a[1], step);
+    if (sp.lo < sp.hi) issue_tile(g, s, ((size_t)layer * g.n_kv + a[0]) * g.ctx, sp.n, sp.hi, sp.lo);
+  }
+
   __device__ static bool run(const Globals &g, Smem &s, PageCursor &, const int *a, int layer, int step) {
     const int kvh = a[0], split = a[1], S = g.attn_splits, hd = g.hd;
-    const int G = g.n_heads / g.n_kv;
-    // The splits in use grow with the context (program.h MK_OP_ATTN): few at chat lengths, all S at long contexts.
-    const int n = g.start_pos + step + 1, S_used = min(S, (n + MK_ATTN_SPLIT_POSITIONS - 1) / MK_ATTN_SPLIT_POSITIONS);
-    const int chunk = (n + S_used - 1) / S_used;
-    const int lo = min(split * chunk, n), hi = min(lo + chunk, n);
+    const int G = g.n_heads / g.n_kv, TP = tile_positions(hd);
+    const AttnSpan sp(g, split, step);
+    const int n = sp.n, lo = sp.lo, hi = sp.hi;
     const int t = ctid(), j = t / hd, d = t % hd, h = kvh * G + j;
     const bool owner = j < G;
     const size_t head_base = ((size_t)layer * g.n_kv + kvh) * g.ctx;
-    uint4 *ktile = reinterpret_cast<uint4 *>(s.xs);         // [kTile][hd/8] 16-byte chunks
-    uint4 *vtile = ktile + kTile * hd / 8;
     float *q = s.out;                                        // [G][hd], pre-scaled
-    float *sc = reinterpret_cast<float *>(s.ids);            // [G][kTile] scores
-    // K/V tiles go through registers so that a tile's loads (and, for the first one, q's) are in flight together:
-    // one L2 round trip per tile.
-    float m = -CUDART_INF_F, l = 0.f, o = 0.f;
+    float *sc = reinterpret_cast<float *>(s.ids);            // [G][TP] softmax weights of the tile
+    // Per q head: running max, running sum of exp, and this tile's rescale of the output (online softmax).
+    float *run_m = s.scratch, *run_l = run_m + G, *run_c = run_l + G;
+    if (t < G) {
+      run_m[t] = -CUDART_INF_F;
+      run_l[t] = 0.f;
+    }
+    const int cpp = hd / 8, nscore = G * TP;  // TP is 16 or 32: a warp of score threads holds whole heads
+    float o = 0.f;
     const float qv = owner ? __ldcg(g.q + h * hd + d) * rsqrtf((float)hd) : 0.f;
-    bool q_stored = false;
-    for (int p0 = lo; p0 < hi; p0 += kTile) {
-      const int np = min(kTile, hi - p0), chunks = np * hd / 8;
-      uint4 kr = make_uint4(0, 0, 0, 0), vr = make_uint4(0, 0, 0, 0);
-      if (t < chunks) {
-        if (p0 + t / (hd / 8) == n - 1) {
-          // This step's own position: QKV published its k/v (bf16-rounded) with q, ordered by the QKV counter; its
-          // cache copy is ordered only for later tokens.
-          const float *kv = g.q + (size_t)(g.n_heads + kvh) * hd + (t % (hd / 8)) * 8;
-          kr = pack_bf16x8(kv);
-          vr = pack_bf16x8(kv + (size_t)g.n_kv * hd);
-        } else {
-          kr = __ldcg(reinterpret_cast<const uint4 *>(g.kcache + (head_base + p0) * hd) + t);
-          vr = __ldcg(reinterpret_cast<const uint4 *>(g.vcache + (head_base + p0) * hd) + t);
-        }
+    for (int p0 = lo; p0 < hi; p0 += TP) {
+      const int np = min(TP, hi - p0), chunks = np * cpp;
+      uint4 *ktile = reinterpret_cast<uint4 *>(s.xs), *vtile = ktile + chunks;
+      if (p0 != lo || !g.attn_prefetch) issue_tile(g, s, head_base, n, hi, p0);
+      if (t < chunks && p0 + t / cpp == n - 1) {
+        const float *kv = g.q + (size_t)(g.n_heads + kvh) * hd + (t % cpp) * 8;
+        ktile[kslot(t / cpp, t % cpp, cpp)] = pack_bf16x8(kv);
+        vtile[t] = pack_bf16x8(kv + (size_t)g.n_kv * hd);
       }
-      if (!q_stored && owner) q[j * hd + d] = qv;
-      q_stored = true;
-      if (t < chunks) {
-        ktile[t] = kr;
-        vtile[t] = vr;
-      }
+      if (p0 == lo && owner) q[j * hd + d] = qv;
+      cp_async_wait_all();
       consumer_sync();
-      if (t < G * kTile) {
-        const int sj = t / kTile, sp = t % kTile;
-        float acc = 0.f;
-        if (sp < np) {
-          const uint4 *kr = ktile + sp * hd / 8;
+      // Scores and the tile's softmax weights, one (head, position) per thread, reduced across the head's lanes: no
+      // thread walks the tile serially.
+      if (t < ((nscore + 31) & ~31)) {
+        const int sj = t / TP, spos = t % TP;
+        const bool valid = t < nscore && spos < np;
+        float acc = -CUDART_INF_F;
+        if (valid) {
           const float4 *qr = reinterpret_cast<const float4 *>(q + sj * hd);
-          for (int c = 0; c < hd / 8; ++c) acc += dot8(kr[c], qr[2 * c], qr[2 * c + 1]);
+          acc = 0.f;
+          for (int c = 0; c < cpp; ++c) acc += dot8(ktile[kslot(spos, c, cpp)], qr[2 * c], qr[2 * c + 1]);
         }
-        sc[sj * kTile + sp] = sp < np ? acc : -CUDART_INF_F;
+        float mt = acc;
+        for (int off = TP / 2; off > 0; off >>= 1) mt = fmaxf(mt, __shfl_xor_sync(0xffffffffu, mt, off));
+        const float m_old = t < nscore ? run_m[sj] : -CUDART_INF_F, m_new = fmaxf(m_old, mt);
+        const float e = valid ? __expf(acc - m_new) : 0.f;
+        float es = e;
+        for (int off = TP / 2; off > 0; off >>= 1) es += __shfl_xor_sync(0xffffffffu, es, off);
+        __syncwarp();  // every lane has read run_m before its head's lane 0 updates it
+        if (t < nscore) {
+          sc[sj * TP + spos] = e;
+          if (spos == 0) {
+            const float c = __expf(m_old - m_new);  // 0 on the first tile (m_old = -inf)
+            run_l[sj] = run_l[sj] * c + es;
+            run_m[sj] = m_new;
+            run_c[sj] = c;
+          }
+        }
       }
       consumer_sync();
-      if (owner) {
-        const float *sj = sc + j * kTile;
-        float mt = -CUDART_INF_F;
-        for (int p = 0; p < np; ++p) mt = fmaxf(mt, sj[p]);
-        const float m_new = fmaxf(m, mt), corr = __expf(m - m_new);
-        const bf16 *vt = reinterpret_cast<const bf16 *>(vtile);
-        float lsum = 0.f, osum = 0.f;
-        for (int p = 0; p < np; ++p) {
-          const float e = __expf(sj[p] - m_new);
-          lsum += e;
-          osum = fmaf(e, bf2f(vt[p * hd + d]), osum);
+      if (owner) {  // o = o * c + sum_p e_p v_p, four positions in flight
+        const float *ej = sc + j * TP;
+        const bf16 *vt = reinterpret_cast<const bf16 *>(vtile) + d;
+        float o0 = 0.f, o1 = 0.f, o2 = 0.f, o3 = 0.f;
+        int p = 0;
+        for (; p + 4 <= np; p += 4) {
+          o0 = fmaf(ej[p], bf2f(vt[p * hd]), o0);
+          o1 = fmaf(ej[p + 1], bf2f(vt[(p + 1) * hd]), o1);
+          o2 = fmaf(ej[p + 2], bf2f(vt[(p + 2) * hd]), o2);
+          o3 = fmaf(ej[p + 3], bf2f(vt[(p + 3) * hd]), o3);
         }
-        l = l * corr + lsum;
-        o = o * corr + osum;
-        m = m_new;
+        for (; p < np; ++p) o0 = fmaf(ej[p], bf2f(vt[p * hd]), o0);
+        o = o * run_c[j] + ((o0 + o1) + (o2 + o3));
       }
       consumer_sync();
     }
+    const float m = owner && lo < hi ? run_m[j] : -CUDART_INF_F, l = owner && lo < hi ? run_l[j] : 0.f;
+    PageCursor::note_first_page(s);  // MKCHAT_TRACE: ATTN has no pages; its "first page" time marks the tiles done
     if (owner) {
       float *part = g.attn_part + ((size_t)h * S + split) * (hd + 2);
       part[d] = o;
@@ -123,11 +171,11 @@ struct AttnOp {
       // Online merge, 4 splits per round so their loads are in flight together (no per-split register arrays: they
       // pushed the kernel past its 168-register budget).
       float M = -CUDART_INF_F, L = 0.f, O = 0.f;
-      for (int s0 = 0; s0 < S_used; s0 += 4) {  // splits past S_used are empty
+      for (int s0 = 0; s0 < sp.used; s0 += 4) {  // splits past sp.used are empty
         float ms[4], ls[4], os[4];
 #pragma unroll
         for (int k = 0; k < 4; ++k) {
-          const bool in = s0 + k < S_used;
+          const bool in = s0 + k < sp.used;
           const float *p = base + (in ? s0 + k : 0) * (hd + 2);  // never address past the partials
           ms[k] = in ? __ldcg(p + hd) : -CUDART_INF_F;
           ls[k] = in ? __ldcg(p + hd + 1) : 0.f;

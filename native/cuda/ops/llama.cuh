@@ -106,7 +106,10 @@ struct Globals {
   // OPROJ, GATEUP and DOWN publish their outputs as bulk stores and signal without a release fence when their rows
   // are whole 16-byte groups (1, default; MKCHAT_BULK_PUBLISH=0 for fenced plain stores everywhere)
   int bulk_publish;
+  // ATTN stages its first K/V tile before its counter wait (1, default; MKCHAT_ATTN_PREFETCH=0 after it, for A/B)
+  int attn_prefetch;
   int ring_pages;             // pages of the ring in use (kPages; MKCHAT_RING_PAGES overrides, for tuning)
+  int inflight_pages;         // most weight pages in flight per SM (default 3; 0: the whole ring; MKCHAT_INFLIGHT_PAGES)
   int evict_first;            // stream weights with an L2 evict-first policy (default 1; MKCHAT_EVICT_FIRST=0 disables)
 };
 
