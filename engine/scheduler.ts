@@ -193,10 +193,14 @@ export function buildProgram(cfg: LlamaConfig, nQueues: number, opts: ScheduleOp
         emit(q, Op.GATEUP, L, o, 0, cnt, [c * dim + start, n]);
       });
     }
-    // Down-projection + residual, one piece per (row range, chunk).
+    // Down-projection + residual, one piece per (row range, chunk). A queue's DOWN starts when its own GATEUP ends,
+    // and splitEven gives the spare units to the first pieces: in reverse order, the queues with the larger GATEUP
+    // pieces get the smaller DOWN pieces, so no queue carries the larger of both (PERF_LOG v19).
     const downPieces: [number, number, number][] = [];
     for (let c = 0; c < nChunks; c++) {
-      for (const [start, n] of splitAligned(dim, perChunkQueues, PUBLISH_ROWS)) downPieces.push([start, n, c]);
+      for (const [start, n] of splitAligned(dim, perChunkQueues, PUBLISH_ROWS).reverse()) {
+        downPieces.push([start, n, c]);
+      }
     }
     const down = counter(downPieces.length);
     downPieces.forEach(([start, n, c], i) => {

@@ -86,27 +86,31 @@ struct SampleOp {
     return K;
   }
 
+  // Returns false: SAMPLE bumps its instruction's counter itself as soon as the token and the stop decision are out,
+  // before it streams the token to the host (a system-scope fence), which is then off the next token's path.
   __device__ static bool run(const Globals &g, Smem &s, PageCursor &, const int *a, int, int step) {
     if (step < g.sample_from_step) return true;
     const int nparts = a[0], gen = step - g.sample_from_step;
     const SampleParams &sp = g.sp;
-    // Global max / argmax and log-partition functions over all parts.
-    float best = -CUDART_INF_F;
+    // The host's cancel flag is in pinned host memory (a PCIe round trip): read now, used at the end.
+    const int cancel = ctid() == 0 ? *g.host.cancel : 0;
+    // One pass over the parts: global max / argmax, and the partition functions relative to this thread's running
+    // max (rescaled to the global max after the reduction), so the parts are read once.
+    float best = -CUDART_INF_F, m_t = -CUDART_INF_F, z1 = 0.f, zT = 0.f;
     int best_id = INT_MAX;
     for (int j = ctid(); j < nparts; j += kConsumerThreads) {
-      const float v = __ldcg(&g.lm_part[j].max);
-      const int id = __ldcg(&g.lm_part[j].argmax);
+      const LmPart &p = g.lm_part[j];
+      const float v = __ldcg(&p.max), s1 = __ldcg(&p.sumexp1), sT = __ldcg(&p.sumexpT);
+      const int id = __ldcg(&p.argmax);
       if (better(v, id, best, best_id)) { best = v; best_id = id; }
+      const float m_new = fmaxf(m_t, v);
+      z1 = z1 * expf(m_t - m_new) + s1 * expf(v - m_new);
+      if (sp.temperature > 0.f) zT = zT * expf((m_t - m_new) / sp.temperature) + sT * expf((v - m_new) / sp.temperature);
+      m_t = m_new;
     }
     block_argmax(s, &best, &best_id);
-    float z1 = 0.f, zT = 0.f;
-    for (int j = ctid(); j < nparts; j += kConsumerThreads) {
-      const float mj = __ldcg(&g.lm_part[j].max);
-      z1 += __ldcg(&g.lm_part[j].sumexp1) * expf(mj - best);
-      if (sp.temperature > 0.f) zT += __ldcg(&g.lm_part[j].sumexpT) * expf((mj - best) / sp.temperature);
-    }
-    z1 = block_sum(s, z1);
-    zT = block_sum(s, zT);
+    z1 = block_sum(s, m_t == -CUDART_INF_F ? 0.f : z1 * expf(m_t - best));
+    if (sp.temperature > 0.f) zT = block_sum(s, m_t == -CUDART_INF_F ? 0.f : zT * expf((m_t - best) / sp.temperature));
     const float log_z1 = best + logf(z1);
 
     int token = best_id;
@@ -153,23 +157,9 @@ struct SampleOp {
       }
     }
     if (ctid() == 0) {
-      const int cancel = *g.host.cancel;
       const int next = step + 1;
       if (next <= g.n_steps) g.tokens[next] = token;
-      const HostStream &h = g.host;
-      if (gen < h.cap) {
-        h.tokens[gen] = token;
-        h.t_ns[gen] = global_ns();
-        if (sp.logprobs > 0) {
-          h.logprob[gen] = __ldcg(g.logits + token) - log_z1;
-          for (int i = 0; i < sp.logprobs; ++i) {
-            h.top_ids[gen * sp.logprobs + i] = i < K ? s.ids[i] : -1;
-            h.top_lp[gen * sp.logprobs + i] = i < K ? s.out[i] - log_z1 : -CUDART_INF_F;
-          }
-        }
-        __threadfence_system();
-        *h.n = gen + 1;
-      }
+      const unsigned long long known_ns = global_ns();
       int finish = 0;
       for (int i = 0; i < sp.n_stop; ++i)
         if (token == sp.stop_ids[i]) finish = kFinishStop;
@@ -180,9 +170,26 @@ struct SampleOp {
         g.ctrl->finish = finish;
         g.ctrl->stop_step = step;
       }
+      // The next token may start: its id, the stop decision and this thread's stores are released with the signal.
+      const int signal = a[MK_I_SIGNAL - MK_I_A0];
+      if (signal >= 0) signal_counter(g.counters, signal);
+      const HostStream &h = g.host;
+      if (gen < h.cap) {
+        h.tokens[gen] = token;
+        h.t_ns[gen] = known_ns;
+        if (sp.logprobs > 0) {
+          h.logprob[gen] = __ldcg(g.logits + token) - log_z1;
+          for (int i = 0; i < sp.logprobs; ++i) {
+            h.top_ids[gen * sp.logprobs + i] = i < K ? s.ids[i] : -1;
+            h.top_lp[gen * sp.logprobs + i] = i < K ? s.out[i] - log_z1 : -CUDART_INF_F;
+          }
+        }
+        __threadfence_system();
+        *h.n = gen + 1;
+      }
     }
     consumer_sync();
-    return true;
+    return false;  // signalled above
   }
 };
 
