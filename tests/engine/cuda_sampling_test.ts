@@ -86,3 +86,28 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "Engine.cancel() stops a CUDA generation within 100 ms and the cache stays consistent",
+  ignore: !cudaUsable,
+  async fn() {
+    const files = await smallModel();
+    using gpu = await Engine.load(files, { device: "cuda", ctx: 4096 });
+    const gen = gpu.generate(PROMPT, params({ maxTokens: 4000 }));
+    let cancelledAt = 0, n = 0, next;
+    while (!(next = await gen.next()).done) {
+      if (++n === 20) {
+        cancelledAt = performance.now();
+        gpu.cancel();
+      }
+    }
+    const ms = performance.now() - cancelledAt;
+    assertEquals(next.value.finish, "interrupted");
+    assert(ms < 100, `stopped ${ms.toFixed(1)} ms after cancel()`);
+    assert(next.value.tokens.length < 4000, "every token was generated");
+    // SAMPLE reads the host's flag on the device, with no host round trip: the cache holds exactly the tokens delivered.
+    assertEquals(gpu.position, PROMPT.length + next.value.tokens.length - 1);
+    const after = await drain(gpu.generate([next.value.tokens.at(-1)!], params({ maxTokens: 2 })));
+    assertEquals(after.length, 2);
+  },
+});
