@@ -56,6 +56,11 @@ Deno.test("buildProgram() balances every stage across the queues and ends with o
     assert.equal(i.args[0] % PUBLISH_ROWS, 0, `op ${i.op} starts at row ${i.args[0]}`);
     assert.equal(i.args[1] % PUBLISH_ROWS, 0, `op ${i.op} has ${i.args[1]} rows`);
   }
+  // A queue's DOWN starts when its own GATEUP ends: no queue carries the larger GATEUP piece and the larger DOWN piece.
+  const gu = queues.map((q) => q.filter((i) => i.op === Op.GATEUP && i.layer === 3).reduce((s, i) => s + i.args[1], 0));
+  const dn = queues.map((q) => q.filter((i) => i.op === Op.DOWN && i.layer === 3).reduce((s, i) => s + i.args[1], 0));
+  const both = queues.filter((_, k) => gu[k] === Math.max(...gu) && dn[k] === Math.max(...dn)).length;
+  assert.ok(both <= 4, `${both} queues have the larger GATEUP and the larger DOWN piece`);
   assert.equal(perToken[0], 1, "counter 0 is the step counter, signalled once per token");
   assert.ok(all.filter((i) => i.op === Op.LMHEAD).every((i) => i.args[1] <= 1024));
 });
