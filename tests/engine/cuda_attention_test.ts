@@ -7,20 +7,10 @@
 import { assert, assertEquals } from "./_assert.ts";
 import { Engine, type GeneratedToken } from "../../engine/engine.ts";
 import { defaultSampling, type SamplingParams } from "../../engine/sampling.ts";
-import { loadLibrary } from "../../engine/library.ts";
-import { nativeBuffer } from "../../engine/ffi.ts";
 import { loadModelFolder, type ModelFiles } from "../../weights/model_files.ts";
 import { materializeSynthetic } from "../../weights/synthetic.ts";
 import { smallModel } from "./_model.ts";
-
-const cudaUsable = await (async () => {
-  try {
-    const { lib } = await loadLibrary();
-    return lib.symbols.mk_cuda_available(new Uint8Array(nativeBuffer(256), 0, 256), 256) === 1;
-  } catch {
-    return false;
-  }
-})();
+import { cudaUsable } from "./_generate.ts";
 
 // 90 positions: three 32-position tiles for one split (the last one partial), six 16-position tiles at head_dim 128.
 const PROMPT = [128000, ...Array.from({ length: 89 }, (_, i) => 1000 + ((i * 7919) % 30000))];

@@ -5,36 +5,20 @@
  * tokens the distribution allows. Skipped where no usable GPU is present (CI).
  */
 import { assert, assertEquals } from "./_assert.ts";
-import { Engine, type GeneratedToken, type GenerateResult } from "../../engine/engine.ts";
+import { Engine, type GeneratedToken } from "../../engine/engine.ts";
 import { defaultSampling, type SamplingParams } from "../../engine/sampling.ts";
-import { loadLibrary } from "../../engine/library.ts";
-import { nativeBuffer } from "../../engine/ffi.ts";
 import { smallModel } from "./_model.ts";
+import { cancelAfter, cudaUsable, drain } from "./_generate.ts";
 
 const PROMPT = [128000, 9906, 1917, 11, 1268, 527, 499, 30];
-
-const cudaUsable = await (async () => {
-  try {
-    const { lib } = await loadLibrary();
-    return lib.symbols.mk_cuda_available(new Uint8Array(nativeBuffer(256), 0, 256), 256) === 1;
-  } catch {
-    return false;
-  }
-})();
 
 function params(extra: Partial<SamplingParams>): SamplingParams {
   return { ...defaultSampling(null), temperature: 0, topP: 1, topK: 0, seed: 1, maxTokens: 12, stopIds: [], ...extra };
 }
 
-async function drain(gen: AsyncGenerator<GeneratedToken, GenerateResult>): Promise<GeneratedToken[]> {
-  const seen: GeneratedToken[] = [];
-  for (let next = await gen.next(); !next.done; next = await gen.next()) seen.push(next.value);
-  return seen;
-}
-
 async function run(engine: Engine, sp: SamplingParams): Promise<GeneratedToken[]> {
   await engine.truncate(0);
-  return await drain(engine.generate(PROMPT, sp));
+  return (await drain(engine.generate(PROMPT, sp))).seen;
 }
 
 Deno.test({
@@ -93,21 +77,13 @@ Deno.test({
   async fn() {
     const files = await smallModel();
     using gpu = await Engine.load(files, { device: "cuda", ctx: 4096 });
-    const gen = gpu.generate(PROMPT, params({ maxTokens: 4000 }));
-    let cancelledAt = 0, n = 0, next;
-    while (!(next = await gen.next()).done) {
-      if (++n === 20) {
-        cancelledAt = performance.now();
-        gpu.cancel();
-      }
-    }
-    const ms = performance.now() - cancelledAt;
-    assertEquals(next.value.finish, "interrupted");
+    const { result, ms } = await cancelAfter(gpu, gpu.generate(PROMPT, params({ maxTokens: 4000 })), 20);
+    assertEquals(result.finish, "interrupted");
     assert(ms < 100, `stopped ${ms.toFixed(1)} ms after cancel()`);
-    assert(next.value.tokens.length < 4000, "every token was generated");
+    assert(result.tokens.length < 4000, "every token was generated");
     // SAMPLE reads the host's flag on the device, with no host round trip: the cache holds exactly the tokens delivered.
-    assertEquals(gpu.position, PROMPT.length + next.value.tokens.length - 1);
-    const after = await drain(gpu.generate([next.value.tokens.at(-1)!], params({ maxTokens: 2 })));
-    assertEquals(after.length, 2);
+    assertEquals(gpu.position, PROMPT.length + result.tokens.length - 1);
+    const after = await drain(gpu.generate([result.tokens.at(-1)!], params({ maxTokens: 2 })));
+    assertEquals(after.seen.length, 2);
   },
 });

@@ -4,12 +4,11 @@
  */
 
 import { assert, assertEquals, assertRejects } from "./_assert.ts";
-import { Engine, type GeneratedToken, type GenerateResult } from "../../engine/engine.ts";
+import { Engine } from "../../engine/engine.ts";
 import { MkError } from "../../engine/errors.ts";
 import { defaultSampling, type SamplingParams } from "../../engine/sampling.ts";
-import { loadLibrary } from "../../engine/library.ts";
-import { nativeBuffer } from "../../engine/ffi.ts";
 import { smallModel, tinyModel } from "./_model.ts";
+import { cancelAfter, cudaUsable, drain } from "./_generate.ts";
 
 const files = await tinyModel();
 const PROMPT = [128000, 9906, 1917, 11, 1268, 527, 499, 30]; // <|begin_of_text|>Hello world, how are you?
@@ -19,26 +18,12 @@ function greedy(maxTokens: number, extra: Partial<SamplingParams> = {}): Samplin
 }
 
 /** Runs a generation to its end: the tokens it yielded and its result. */
-async function drain(gen: AsyncGenerator<GeneratedToken, GenerateResult>) {
-  const seen: GeneratedToken[] = [];
-  while (true) {
-    const next = await gen.next();
-    if (next.done) return { seen, result: next.value };
-    seen.push(next.value);
-  }
-}
 
 function argmax(xs: Float32Array): number {
   let best = 0;
   for (let i = 1; i < xs.length; i++) if (xs[i] > xs[best]) best = i;
   return best;
 }
-
-const cudaUsable = await (async () => {
-  const { lib } = await loadLibrary();
-  const buf = new Uint8Array(nativeBuffer(256), 0, 256);
-  return lib.symbols.mk_cuda_available(buf, 256) === 1;
-})();
 
 Deno.test("Engine.load() runs on the CPU and starts at position 0", async () => {
   using engine = await Engine.load(files, { device: "cpu", ctx: 128, threads: 2 });
@@ -189,22 +174,12 @@ Deno.test("Engine.generate() with the same seed samples the same tokens", async 
 
 Deno.test("Engine.cancel() stops a running generation within 100 ms", async () => {
   using engine = await Engine.load(files, { device: "cpu", ctx: 8192 });
-  const gen = engine.generate(PROMPT, greedy(100000));
-  let cancelledAt = 0;
-  let n = 0;
-  let next;
-  while (!(next = await gen.next()).done) {
-    if (++n === 5) {
-      cancelledAt = performance.now();
-      engine.cancel();
-    }
-  }
-  const ms = performance.now() - cancelledAt;
-  assertEquals(next.value.finish, "interrupted");
+  const { result, ms } = await cancelAfter(engine, engine.generate(PROMPT, greedy(100000)), 5);
+  assertEquals(result.finish, "interrupted");
   assert(ms < 100, `stopped ${ms.toFixed(1)} ms after cancel()`);
   // The engine is usable afterwards, at a consistent position.
-  assertEquals(engine.position, PROMPT.length + next.value.tokens.length - 1);
-  const after = await drain(engine.generate([next.value.tokens.at(-1)!], greedy(2)));
+  assertEquals(engine.position, PROMPT.length + result.tokens.length - 1);
+  const after = await drain(engine.generate([result.tokens.at(-1)!], greedy(2)));
   assertEquals(after.result.tokens.length, 2);
 });
 
@@ -287,16 +262,8 @@ Deno.test({
     const timer = setInterval(() => ticks++, 1);
     try {
       const t0 = performance.now();
-      const gen = engine.generate(PROMPT, greedy(100000));
-      let n = 0, cancelledAt = 0, next;
-      while (!(next = await gen.next()).done) {
-        if (++n === 50) {
-          cancelledAt = performance.now();
-          engine.cancel();
-        }
-      }
-      const ms = performance.now() - cancelledAt;
-      assertEquals(next.value.finish, "interrupted");
+      const { result, ms } = await cancelAfter(engine, engine.generate(PROMPT, greedy(100000)), 50);
+      assertEquals(result.finish, "interrupted");
       assert(ms < 100, `stopped ${ms.toFixed(1)} ms after cancel()`);
       const total = performance.now() - t0;
       assert(ticks >= Math.min(20, total / 3 - 2), `${ticks} timer ticks in ${total.toFixed(1)} ms`);
