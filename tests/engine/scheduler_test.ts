@@ -5,7 +5,8 @@
  */
 import assert from "node:assert/strict";
 import { buildProgram, decodeProgram, Op, PUBLISH_ROWS, type ScheduleOptions } from "../../engine/scheduler.ts";
-import type { LlamaConfig } from "../../weights/config.ts";
+import { type LlamaConfig, parseLlamaConfig } from "../../weights/config.ts";
+import { syntheticConfigJson } from "../../weights/synthetic.ts";
 import { MK, type ModelConfig, native, packSampling, Stream } from "../native/_ffi.ts";
 import {
   argmax,
@@ -27,17 +28,8 @@ function program(cfg: ModelConfig, nQueues: number, opts: ScheduleOptions): Int3
 }
 
 Deno.test("buildProgram() balances every stage across the queues and ends with one SAMPLE", () => {
-  const cfg = {
-    ...TINY,
-    dim: 2048,
-    hiddenDim: 8192,
-    nLayers: 16,
-    nHeads: 32,
-    nKvHeads: 8,
-    headDim: 64,
-    vocabSize: 128256,
-  };
-  const { queues, splits, perToken } = decodeProgram(buildProgram(asLlama(cfg), 132));
+  const cfg = parseLlamaConfig(syntheticConfigJson("llama-3.2-1b"), "synthetic:llama-3.2-1b");
+  const { queues, splits, perToken } = decodeProgram(buildProgram(cfg, 132));
   assert.equal(queues.length, 132);
   assert.equal(splits, 16);
   const all = queues.flat();
