@@ -9,6 +9,10 @@
  * MKCHAT_BULK_PUBLISH, MKCHAT_ATTN_PREFETCH and the diagnostic
  * MKCHAT_DIAG; the scheduler's MKCHAT_ATTN_SPLITS and MKCHAT_FUSED_MLP only when the program is built, at load).
  *
+ * Two builds of the library (e.g. one built here from other sources, carried along): run this once per build with
+ * MKCHAT_LIB=<path/to/libmkchat.so>, in turns, in the same device call (PERF_LOG v19: the H200s differ by up to ~9 µs
+ * for the same build). Both must read the program format that engine/scheduler.ts writes.
+ *
  * @module
  */
 import { parseArgs } from "node:util";
