@@ -231,8 +231,10 @@ mk::Globals base_globals(const mk_engine *e, const CudaState *st) {
   if (const char *ip = getenv("MKCHAT_INFLIGHT_PAGES")) g.inflight_pages = atoi(ip);
   g.attn_prefetch = 1;
   if (const char *ap = getenv("MKCHAT_ATTN_PREFETCH")) g.attn_prefetch = atoi(ap);
-  g.matvec_by_page = 1;
-  if (const char *mp = getenv("MKCHAT_MATVEC_BY_PAGE")) g.matvec_by_page = atoi(mp);
+  g.norm_prefetch = 1;
+  if (const char *np = getenv("MKCHAT_NORM_PREFETCH")) g.norm_prefetch = atoi(np);
+  g.attn_single_max = 128;
+  if (const char *sm = getenv("MKCHAT_ATTN_SINGLE_MAX")) g.attn_single_max = atoi(sm);
   if (const char *dg = getenv("MKCHAT_DIAG")) g.diag = atoi(dg);  // diagnostics: vm.cuh kDiag*
   int *dn = nullptr, *dc = nullptr;
   cudaHostGetDevicePointer((void **)&dn, (void *)&st->hs->n, 0);
@@ -289,7 +291,8 @@ int run_launch(mk_engine *e, CudaState *st, const mk::Globals &g, Poll poll) {
 }
 
 // One CSV row per instruction of the traced step: queue (SM), index, op, layer, args, and its wait-begin, wait-end,
-// first-page (-1: it streams no pages), compute-done and done (signalled) times in ns from the earliest wait-begin.
+// first-page (-1: it streams no pages), compute-done and done (signalled) times in ns from the earliest wait-begin,
+// and an op-specific midpoint (vm.cuh PageCursor::note_mid; -1: none).
 void write_trace(const CudaState *st, const unsigned long long *d_trace, size_t n_instr, int step, const char *path) {
   constexpr int W = mk::kTraceWords;
   std::vector<unsigned long long> tr(W * n_instr);
@@ -300,14 +303,16 @@ void write_trace(const CudaState *st, const unsigned long long *d_trace, size_t 
     if (tr[W * i]) t0 = std::min(t0, tr[W * i]);
   FILE *f = fopen(path, "w");
   if (!f) return;
-  fprintf(f, "queue,instr,op,layer,a0,a1,a2,wait_begin_ns,wait_end_ns,first_page_ns,run_end_ns,done_ns,step\n");
+  fprintf(f,
+          "queue,instr,op,layer,a0,a1,a2,wait_begin_ns,wait_end_ns,first_page_ns,run_end_ns,done_ns,step,mid_ns\n");
   for (int q = 0; q < st->n_queues; ++q) {
     for (int i = st->h_queue_start[q]; i < st->h_queue_start[q + 1]; ++i) {
       const int *w = &st->h_instr[(size_t)i * MK_INSTR_WORDS];
       const unsigned long long *t = &tr[(size_t)W * i];
       const auto rel = [&](unsigned long long v) { return v ? (long long)(v - t0) : -1ll; };
-      fprintf(f, "%d,%d,%s,%d,%d,%d,%d,%lld,%lld,%lld,%lld,%lld,%d\n", q, i, mk_op_name(w[MK_I_OP]), w[MK_I_LAYER],
-              w[MK_I_A0], w[MK_I_A1], w[MK_I_A2], rel(t[0]), rel(t[1]), rel(t[2]), rel(t[3]), rel(t[4]), step);
+      fprintf(f, "%d,%d,%s,%d,%d,%d,%d,%lld,%lld,%lld,%lld,%lld,%d,%lld\n", q, i, mk_op_name(w[MK_I_OP]),
+              w[MK_I_LAYER], w[MK_I_A0], w[MK_I_A1], w[MK_I_A2], rel(t[0]), rel(t[1]), rel(t[2]), rel(t[3]), rel(t[4]),
+              step, rel(t[5]));
     }
   }
   fclose(f);

@@ -34,9 +34,14 @@ __device__ static int op_weights(const Globals &g, int op, const int *a, int lay
   }
 }
 
-// Work an instruction can start before its counter wait, on inputs that an earlier wait already ordered.
+// Work an instruction can start before its counter wait, on inputs that an earlier wait already ordered (or that
+// never change: the RMSNorm weights).
 __device__ static void prewait_op(const Globals &g, Smem &s, int op, const int *a, int layer, int step) {
   if (op == MK_OP_ATTN && g.attn_prefetch) AttnOp::prefetch(g, s, a, layer, step);
+  if (!g.norm_prefetch) return;
+  if (op == MK_OP_QKV) stage_norm_weight(g, s, g.layers[layer].attn_norm);
+  if (op == MK_OP_GATEUP) stage_norm_weight(g, s, g.layers[layer].ffn_norm);
+  if (op == MK_OP_LMHEAD && step >= g.lm_from_step) stage_norm_weight(g, s, g.final_norm);
 }
 
 // Returns whether the instruction signals its counter.

@@ -30,7 +30,7 @@ constexpr int kCandidates = 64;                   // MK_CUDA_MAX_TOP_K
 static_assert(kPageBytes % 16 == 0, "bulk copies move multiples of 16 bytes");
 static_assert(kThreads == 288, "8 consumer warps + 1 producer warp");
 constexpr size_t kSmemLimit = 227 * 1024;        // Hopper: usable dynamic shared memory per block
-constexpr int kTraceWords = 5;                    // timestamps per traced instruction (Globals.trace)
+constexpr int kTraceWords = 6;                    // timestamps per traced instruction (Globals.trace)
 // Diagnostics (Globals.diag, MKCHAT_DIAG): the output is meaningless, the step time says what the rest costs.
 constexpr int kDiagNoCopy = 1;                    // pages complete without being copied (no HBM weight traffic)
 constexpr int kDiagNoMath = 2;                    // consumers take and release pages but skip the dot products
@@ -212,6 +212,11 @@ struct PageCursor {
       *s.first_page_at = global_ns();
       s.first_page_at = nullptr;
     }
+  }
+  // MKCHAT_TRACE: an op-specific point between the wait and the first page (trace word 5): where a matvec begins (its
+  // input staged), where ATTN's loads have landed.
+  __device__ __forceinline__ static void note_mid(Smem &s) {
+    if (threadIdx.x == 0 && s.first_page_at) s.first_page_at[3] = global_ns();
   }
   // Skip `n` pages that the consumers took and released some other way (matvec_rows_by_page); every consumer
   // thread calls it with the same n so the cursors stay identical.

@@ -1,8 +1,10 @@
 /**
  * The megakernel's attention (native/cuda/ops/attn.cuh) at contexts that exercise every path of it, against the CPU
- * reference engine on the same weights: one split walking several K/V tiles, two splits of unequal tile counts, the
- * default split count (one tile per split), and head_dim 128 (16-position tiles). Each compares the greedy tokens and
- * their log-probabilities after a 90-token prompt. Skipped where no usable GPU is present (CI).
+ * reference engine on the same weights: one SM per kv head (contexts up to 256 positions, the default for head_dim
+ * 64), and with that path turned off: one split walking several K/V tiles, two splits of unequal tile counts, the
+ * default split count (one tile per split); a generation that crosses from the first path to the splits at 257
+ * positions; and head_dim 128 (16-position tiles). Each compares the greedy tokens and their log-probabilities after a
+ * prompt. Skipped where no usable GPU is present (CI).
  */
 import { assert, assertEquals } from "./_assert.ts";
 import { Engine, type GeneratedToken } from "../../engine/engine.ts";
@@ -25,10 +27,13 @@ const GREEDY: SamplingParams = {
   logprobs: 1,
 };
 
-async function greedy(files: ModelFiles, device: "cpu" | "cuda"): Promise<GeneratedToken[]> {
-  using engine = await Engine.load(files, { device, ctx: 256 });
+// 250 positions, then 10 tokens: the last warp of the one-SM path, then the splits from 257 positions on.
+const LONG_PROMPT = [128000, ...Array.from({ length: 249 }, (_, i) => 2000 + ((i * 104729) % 60000))];
+
+async function greedy(files: ModelFiles, device: "cpu" | "cuda", prompt = PROMPT): Promise<GeneratedToken[]> {
+  using engine = await Engine.load(files, { device, ctx: 512 });
   const seen: GeneratedToken[] = [];
-  const gen = engine.generate(PROMPT, GREEDY);
+  const gen = engine.generate(prompt, GREEDY);
   for (let next = await gen.next(); !next.done; next = await gen.next()) seen.push(next.value);
   return seen;
 }
@@ -40,16 +45,19 @@ function assertAgree(gpu: GeneratedToken[], cpu: GeneratedToken[]) {
   });
 }
 
-// MKCHAT_ATTN_SPLITS is read when the program is built (engine/scheduler.ts), i.e. in Engine.load().
-async function withSplits<T>(splits: string | undefined, fn: () => Promise<T>): Promise<T> {
-  const before = Deno.env.get("MKCHAT_ATTN_SPLITS");
-  splits === undefined ? Deno.env.delete("MKCHAT_ATTN_SPLITS") : Deno.env.set("MKCHAT_ATTN_SPLITS", splits);
+// MKCHAT_ATTN_SPLITS is read when the program is built (engine/scheduler.ts), i.e. in Engine.load();
+// MKCHAT_ATTN_SINGLE_MAX at every launch (native/cuda/engine_cuda.cu).
+async function withEnv<T>(name: string, value: string | undefined, fn: () => Promise<T>): Promise<T> {
+  const before = Deno.env.get(name);
+  value === undefined ? Deno.env.delete(name) : Deno.env.set(name, value);
   try {
     return await fn();
   } finally {
-    before === undefined ? Deno.env.delete("MKCHAT_ATTN_SPLITS") : Deno.env.set("MKCHAT_ATTN_SPLITS", before);
+    before === undefined ? Deno.env.delete(name) : Deno.env.set(name, before);
   }
 }
+const withSplits = <T>(splits: string | undefined, fn: () => Promise<T>) =>
+  withEnv("MKCHAT_ATTN_SINGLE_MAX", "0", () => withEnv("MKCHAT_ATTN_SPLITS", splits, fn));
 
 Deno.test({
   name: "CUDA attention over several tiles and splits agrees with the CPU reference",
@@ -57,6 +65,7 @@ Deno.test({
   async fn(t) {
     const small = await smallModel();
     const cpu = await greedy(small, "cpu");
+    await t.step("one SM per kv head (the default here)", async () => assertAgree(await greedy(small, "cuda"), cpu));
     const cases: [string, string | undefined][] = [
       ["one split, three tiles", "1"],
       ["two splits", "2"],
@@ -65,6 +74,9 @@ Deno.test({
     for (const [name, splits] of cases) {
       await t.step(name, async () => assertAgree(await withSplits(splits, () => greedy(small, "cuda")), cpu));
     }
+    await t.step("from one SM per kv head to the splits at 257 positions", async () => {
+      assertAgree(await greedy(small, "cuda", LONG_PROMPT), await greedy(small, "cpu", LONG_PROMPT));
+    });
     await t.step("head_dim 128: 16-position tiles, one split and the default", async () => {
       const dir = await materializeSynthetic("small-hd128", 3);
       const files = await loadModelFolder(dir, "synthetic:small-hd128@3");

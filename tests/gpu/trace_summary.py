@@ -6,7 +6,8 @@
 Per op: instructions, mean wait on its counter, mean run time (compute + page waits + stores), and the run split
 into its parts: before the first page is in hand (input vector from L2, norm), from there to the end of the compute
 (the pages), and the counter signal (ATTN, which has no pages, marks the end of its K/V tiles instead: its pre-page
-is the attention itself, its pages the partial's store, the arrival and the merge); per stage (layer, op): when its first instruction started running and its last
+is the attention itself, its pages the partial's store, the arrival and the merge), and in newer traces the time from the wait's end to an
+op-specific midpoint (a matvec's start once its input is staged; ATTN's loads landed); per stage (layer, op): when its first instruction started running and its last
 finished, so the gaps between stages show the critical path.
 """
 import csv
@@ -29,7 +30,9 @@ def mean(xs):
     return sum(xs) / len(xs) if xs else 0.0
 
 
-print(f"{'op':<8}{'n':>6}{'wait us':>10}{'run us':>10}{'run max':>10}{'pre-page':>10}{'pages':>10}{'signal':>10}")
+has_mid = "mid_ns" in rows[0]
+print(f"{'op':<8}{'n':>6}{'wait us':>10}{'run us':>10}{'run max':>10}{'pre-page':>10}{'pages':>10}{'signal':>10}"
+      + (f"{'to mid':>10}" if has_mid else ""))
 for op, rs in by_op.items():
     w = mean([r["wait_end_ns"] - r["wait_begin_ns"] for r in rs]) / 1000
     u = [(r["done_ns"] - r["wait_end_ns"]) / 1000 for r in rs]
@@ -37,7 +40,13 @@ for op, rs in by_op.items():
     pre = mean([r["first_page_ns"] - r["wait_end_ns"] for r in paged]) / 1000
     pages = mean([r["run_end_ns"] - r["first_page_ns"] for r in paged]) / 1000
     sig = mean([r["done_ns"] - r["run_end_ns"] for r in rs]) / 1000
-    print(f"{op:<8}{len(rs):>6}{w:>10.2f}{mean(u):>10.2f}{max(u):>10.2f}{pre:>10.2f}{pages:>10.2f}{sig:>10.2f}")
+    # newer traces: an op-specific midpoint of the pre-page part (a matvec's start, ATTN's loads landed)
+    mid = ""
+    if has_mid:
+        ms = [int(r["mid_ns"]) - r["wait_end_ns"] for r in rs if int(r["mid_ns"]) >= 0]
+        if ms:
+            mid = f"{mean(ms) / 1000:>10.2f}"
+    print(f"{op:<8}{len(rs):>6}{w:>10.2f}{mean(u):>10.2f}{max(u):>10.2f}{pre:>10.2f}{pages:>10.2f}{sig:>10.2f}{mid}")
 stages = defaultdict(list)
 for r in rows:
     stages[(r["layer"], r["op"])].append(r)

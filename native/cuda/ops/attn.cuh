@@ -31,12 +31,24 @@ __device__ __forceinline__ uint4 pack_bf16x8(const float *f) {
   return make_uint4(u[0], u[1], u[2], u[3]);
 }
 
+constexpr int kSinglePositionsPerWarp = 16;  // AttnOp::run_single: 8 warps x 16 = 128 positions at most
+
+// Whether a context of n positions is attended by split 0 alone, its 8 warps taking 16 positions each (AttnOp::
+// run_single): no partials through global memory, no arrival, no merge by another SM. The shape must be hd 64 with at
+// most 4 q heads per kv head (Llama-3.2-1B: 4); Globals.attn_single_max bounds n (MKCHAT_ATTN_SINGLE_MAX, 0: never).
+__device__ __forceinline__ bool attn_single(const Globals &g, int n) {
+  return n <= g.attn_single_max && n <= kConsumerWarps * kSinglePositionsPerWarp && g.hd == 64 &&
+         g.n_heads <= 4 * g.n_kv;
+}
+
 // The context positions [lo, hi) of one split at this step, n = positions in the context (program.h MK_OP_ATTN).
 struct AttnSpan {
   int n, lo, hi, used;  // used: splits in use at this context length (the rest are empty)
+  bool single;          // attn_single: split 0 takes the whole context, the other splits do nothing
   __device__ AttnSpan(const Globals &g, int split, int step) {
     n = g.start_pos + step + 1;
-    used = min(g.attn_splits, (n + MK_ATTN_SPLIT_POSITIONS - 1) / MK_ATTN_SPLIT_POSITIONS);
+    single = attn_single(g, n);
+    used = single ? 1 : min(g.attn_splits, (n + MK_ATTN_SPLIT_POSITIONS - 1) / MK_ATTN_SPLIT_POSITIONS);
     const int chunk = (n + used - 1) / used;
     lo = min(split * chunk, n);
     hi = min(lo + chunk, n);
@@ -66,13 +78,142 @@ struct AttnOp {
   // nothing from this step (the step gate ordered it for this token), so the wait hides its latency.
   __device__ static void prefetch(const Globals &g, Smem &s, const int *a, int layer, int step) {
     const AttnSpan sp(g, a[1], step);
-    if (sp.lo < sp.hi) issue_tile(g, s, ((size_t)layer * g.n_kv + a[0]) * g.ctx, sp.n, sp.hi, sp.lo);
+    const size_t head_base = ((size_t)layer * g.n_kv + a[0]) * g.ctx;
+    if (!sp.single && sp.lo < sp.hi) issue_tile(g, s, head_base, sp.n, sp.hi, sp.lo);
+  }
+
+  // The whole context of kv head `kvh` (n <= 128 positions, hd 64, G <= 4 q heads) on this SM, written for latency:
+  // one round of loads (q, every position's K row and V column pair), then warp w scores positions 16w..16w+15 against
+  // the G heads (lane l and lane l + 16 each dot half of position 16w + l's K row), softmaxes and P.Vs them (lane l
+  // owns dimensions 2l, 2l+1), and the 8 warp partials are merged in shared memory. This step's own position comes
+  // from the QKV output (as in the tile loop). Registers are budgeted: a spill here goes to L2 (shared memory leaves L1
+  // ~29 KiB), and 32 positions per warp with whole K rows per lane cost 250 µs per token that way (PERF_LOG v20).
+  __device__ static void run_single(const Globals &g, Smem &s, int kvh, int layer, int n) {
+    constexpr int hd = 64, kMaxG = 4, kPos = kSinglePositionsPerWarp;
+    const int G = g.n_heads / g.n_kv, t = ctid(), warp = t >> 5, lane = t & 31, half = lane >> 4;
+    const int p0 = warp * kPos, npw = max(0, min(kPos, n - p0)), p = p0 + (lane & (kPos - 1));
+    const bool scorer = (lane & (kPos - 1)) < npw;
+    const size_t head_base = ((size_t)layer * g.n_kv + kvh) * g.ctx;
+    const float *cur_k = g.q + (size_t)(g.n_heads + kvh) * hd, *cur_v = cur_k + (size_t)g.n_kv * hd;
+    float *q = s.out;                                          // [G][hd], pre-scaled
+    float4 *ew = reinterpret_cast<float4 *>(s.ids);            // [8 warps][16 positions] softmax weights, G <= 4
+    float *po = s.xs;                                          // [8 warps][G][hd] partial outputs
+    float *pm = s.scratch, *pl = pm + kConsumerWarps * kMaxG;  // [8 warps][G] partial max, sum
+    // Loads, all in flight together: q, this lane's half K row (chunks 4 half .. 4 half + 3), the warp's V pairs.
+    const float qv = t < G * hd ? __ldcg(g.q + (size_t)kvh * G * hd + t) * rsqrtf((float)hd) : 0.f;
+    uint4 k[4];
+    if (scorer && p != n - 1) {
+      const uint4 *kr = reinterpret_cast<const uint4 *>(g.kcache + (head_base + p) * hd) + 4 * half;
+#pragma unroll
+      for (int c = 0; c < 4; ++c) k[c] = __ldcg(kr + c);
+    } else if (scorer) {
+#pragma unroll
+      for (int c = 0; c < 4; ++c) k[c] = pack_bf16x8(cur_k + 8 * (4 * half + c));
+    }
+    uint32_t v[kPos];  // V[p0 + i][2 lane, 2 lane + 1] as a bf16 pair
+    const uint32_t *vc = reinterpret_cast<const uint32_t *>(g.vcache + (head_base + p0) * hd) + lane;
+#pragma unroll
+    for (int i = 0; i < kPos; ++i) v[i] = i < npw && p0 + i != n - 1 ? __ldcg(vc + i * (hd / 2)) : 0u;
+    if (p0 <= n - 1 && n - 1 < p0 + kPos) {
+      const float2 cv = __ldcg(reinterpret_cast<const float2 *>(cur_v) + lane);
+      const uint32_t packed = (__float_as_uint(cv.x) >> 16) | (__float_as_uint(cv.y) & 0xffff0000u);
+#pragma unroll
+      for (int i = 0; i < kPos; ++i) {
+        if (p0 + i == n - 1) v[i] = packed;
+      }
+    }
+    if (t < G * hd) q[t] = qv;
+    consumer_sync();
+    PageCursor::note_mid(s);  // MKCHAT_TRACE: the loads have landed
+    // Scores of this lane's position against the G heads (two half rows, summed across the half-warps), then the
+    // warp's softmax weights over its 16 positions.
+    float sc[kMaxG] = {0.f, 0.f, 0.f, 0.f}, m[kMaxG], l[kMaxG];
+    const float4 *q4 = reinterpret_cast<const float4 *>(q) + 8 * half;
+#pragma unroll
+    for (int c = 0; c < 4; ++c) {
+#pragma unroll
+      for (int j = 0; j < kMaxG; ++j) {
+        if (j < G) sc[j] += dot8(k[c], q4[j * (hd / 4) + 2 * c], q4[j * (hd / 4) + 2 * c + 1]);
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < kMaxG; ++j) {
+      sc[j] += __shfl_xor_sync(0xffffffffu, sc[j], 16);
+      if (j >= G || !scorer) sc[j] = -CUDART_INF_F;
+      float mx = sc[j];
+#pragma unroll
+      for (int o = kPos / 2; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+      m[j] = mx;
+      sc[j] = scorer && j < G ? __expf(sc[j] - mx) : 0.f;
+      float sum = sc[j];
+#pragma unroll
+      for (int o = kPos / 2; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+      l[j] = sum;
+    }
+    if (half == 0) ew[warp * kPos + lane] = make_float4(sc[0], sc[1], sc[2], sc[3]);
+    __syncwarp();
+    // P.V over the warp's positions: lane owns dimensions 2 lane and 2 lane + 1 of every head.
+    float o[kMaxG][2];
+#pragma unroll
+    for (int j = 0; j < kMaxG; ++j) o[j][0] = o[j][1] = 0.f;
+#pragma unroll
+    for (int i = 0; i < kPos; ++i) {
+      if (i < npw) {
+        const float4 e = ew[warp * kPos + i];
+        const float v0 = __uint_as_float(v[i] << 16), v1 = __uint_as_float(v[i] & 0xffff0000u);
+        const float ej[kMaxG] = {e.x, e.y, e.z, e.w};
+#pragma unroll
+        for (int j = 0; j < kMaxG; ++j) {
+          o[j][0] = fmaf(ej[j], v0, o[j][0]);
+          o[j][1] = fmaf(ej[j], v1, o[j][1]);
+        }
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < kMaxG; ++j) {
+      if (j < G) reinterpret_cast<float2 *>(po + (warp * G + j) * hd)[lane] = make_float2(o[j][0], o[j][1]);
+    }
+    if (lane < G) {  // lane j publishes head j's max and sum (every lane holds all G of them)
+      float mj = m[0], lj = l[0];
+#pragma unroll
+      for (int j = 1; j < kMaxG; ++j) {
+        if (lane == j) {
+          mj = m[j];
+          lj = l[j];
+        }
+      }
+      pm[warp * kMaxG + lane] = npw > 0 ? mj : -CUDART_INF_F;
+      pl[warp * kMaxG + lane] = npw > 0 ? lj : 0.f;
+    }
+    consumer_sync();
+    // Merge the warps' partials: thread (j, d).
+    if (t < G * hd) {
+      const int j = t / hd, d = t % hd;
+      float M = -CUDART_INF_F;
+#pragma unroll
+      for (int w = 0; w < kConsumerWarps; ++w) M = fmaxf(M, pm[w * kMaxG + j]);
+      float O = 0.f, L = 0.f;  // a warp without positions has m = -inf, l = 0, o = 0: its weight is exp(-inf) = 0
+#pragma unroll
+      for (int w = 0; w < kConsumerWarps; ++w) {
+        const float c = __expf(pm[w * kMaxG + j] - M);
+        O = fmaf(c, po[(w * G + j) * hd + d], O);
+        L = fmaf(c, pl[w * kMaxG + j], L);
+      }
+      g.attn[(size_t)(kvh * G + j) * hd + d] = O / L;
+    }
+    PageCursor::note_first_page(s);  // MKCHAT_TRACE: marks the attention done
+    consumer_sync();
   }
 
   __device__ static bool run(const Globals &g, Smem &s, PageCursor &, const int *a, int layer, int step) {
     const int kvh = a[0], split = a[1], S = g.attn_splits, hd = g.hd;
     const int G = g.n_heads / g.n_kv, TP = tile_positions(hd);
     const AttnSpan sp(g, split, step);
+    if (sp.single) {
+      if (split != 0) return false;  // nothing to do, nothing to signal, no arrival (attn_arrive stays a multiple of S)
+      run_single(g, s, kvh, layer, sp.n);
+      return true;
+    }
     const int n = sp.n, lo = sp.lo, hi = sp.hi;
     const int t = ctid(), j = t / hd, d = t % hd, h = kvh * G + j;
     const bool owner = j < G;

@@ -11,7 +11,7 @@ struct GateupOp {
     return g.layers[layer].wgu + (size_t)2 * a[0] * g.dim;
   }
   __device__ static bool run(const Globals &g, Smem &s, PageCursor &cur, const int *a, int layer, int) {
-    rmsnorm_input(g, s, g.resid + (size_t)(2 * layer + 1) * g.dim, nullptr, g.layers[layer].ffn_norm);
+    rmsnorm_input(g, s, g.resid + (size_t)(2 * layer + 1) * g.dim, nullptr, g.norm_prefetch ? nullptr : g.layers[layer].ffn_norm);
     matvec_rows(g, s, cur, 2 * a[1]);
     const bool bulk = bulk_rows(g, a[0], a[1]);
     float *stage = reinterpret_cast<float *>(s.ids);

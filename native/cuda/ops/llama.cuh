@@ -101,13 +101,17 @@ struct Globals {
   int trace_step;
   // diagnostics only (MKCHAT_DIAG, bits of kDiag*): take parts of the work away to measure what the rest costs
   int diag;
-  // consumers' matvec mapping: 1 = one warp per page (default), 0 = one warp per row (MKCHAT_MATVEC_BY_PAGE=0)
-  int matvec_by_page;
   // OPROJ, GATEUP and DOWN publish their outputs as bulk stores and signal without a release fence when their rows
   // are whole 16-byte groups (1, default; MKCHAT_BULK_PUBLISH=0 for fenced plain stores everywhere)
   int bulk_publish;
   // ATTN stages its first K/V tile before its counter wait (1, default; MKCHAT_ATTN_PREFETCH=0 after it, for A/B)
   int attn_prefetch;
+  // QKV, GATEUP and LMHEAD stage their RMSNorm weight in shared memory before their counter wait (1, default;
+  // MKCHAT_NORM_PREFETCH=0 reads it after the wait, for A/B)
+  int norm_prefetch;
+  // ATTN: contexts of up to this many positions (at most 128) are attended by one SM per kv head (attn.cuh
+  // attn_single; default 128, MKCHAT_ATTN_SINGLE_MAX=0: always the splits with their merge)
+  int attn_single_max;
   int ring_pages;             // pages of the ring in use (kPages; MKCHAT_RING_PAGES overrides, for tuning)
   int inflight_pages;         // most weight pages in flight per SM (default 3; 0: the whole ring; MKCHAT_INFLIGHT_PAGES)
   int evict_first;            // stream weights with an L2 evict-first policy (default 1; MKCHAT_EVICT_FIRST=0 disables)
@@ -159,7 +163,16 @@ __device__ inline void stage_vector(const Globals &g, Smem &s, const float *src)
   consumer_sync();
 }
 
-// s.xs = x * rsqrt(mean(x^2) + eps) * weight, x = layer input (fp32 from L2, or a bf16 embedding row).
+// Before an instruction's counter wait: its RMSNorm weight (dim bf16, read once per token, so usually no longer in
+// L2) goes to s.out with cp.async, thread t taking the 16 bytes it will use, so the norm after the wait is one L2
+// round trip (the input vector) rather than that plus an HBM one.
+__device__ __forceinline__ void stage_norm_weight(const Globals &g, Smem &s, const bf16 *weight) {
+  const int t = ctid();
+  if (8 * t < g.dim) cp_async16(reinterpret_cast<uint4 *>(s.out) + t, weight + 8 * t);
+}
+
+// s.xs = x * rsqrt(mean(x^2) + eps) * weight, x = layer input (fp32 from L2, or a bf16 embedding row). `weight` is
+// null when stage_norm_weight put it in s.out before the wait.
 __device__ inline void rmsnorm_input(const Globals &g, Smem &s, const float *x_f32, const bf16 *x_bf16,
                                      const bf16 *weight) {
   const int t = ctid();
@@ -168,7 +181,12 @@ __device__ inline void rmsnorm_input(const Globals &g, Smem &s, const float *x_f
   if (mine) {
     if (x_bf16) load8(x_bf16 + 8 * t, v);
     else load8(x_f32 + 8 * t, v);
-    load8(weight + 8 * t, w);
+    if (weight) {
+      load8(weight + 8 * t, w);
+    } else {
+      cp_async_wait_all();
+      load8(reinterpret_cast<const bf16 *>(s.out) + 8 * t, w);
+    }
 #pragma unroll
     for (int i = 0; i < 8; ++i) ss += v[i] * v[i];
   }

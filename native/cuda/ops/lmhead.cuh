@@ -70,7 +70,7 @@ struct LmheadOp {
   __device__ static bool run(const Globals &g, Smem &s, PageCursor &cur, const int *a, int, int step) {
     if (step < g.lm_from_step) return true;
     const int n = a[1];
-    rmsnorm_input(g, s, g.resid + (size_t)(2 * g.n_layers) * g.dim, nullptr, g.final_norm);
+    rmsnorm_input(g, s, g.resid + (size_t)(2 * g.n_layers) * g.dim, nullptr, g.norm_prefetch ? nullptr : g.final_norm);
     matvec_rows(g, s, cur, n);
     const float T = g.sp.temperature;
     float best = -CUDART_INF_F, gbest = -CUDART_INF_F;

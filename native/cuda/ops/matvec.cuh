@@ -3,16 +3,15 @@
 // An op's weights are `n` rows of `dim` bf16, contiguous in global memory (the engine lays the matrices out so). The
 // producer packs R = 16 KiB / (2*dim) rows per page; the consumers dot every row with the op's input vector and leave
 // row k's result in s.out[k]. dim is a power of two in [256, 2048]: lane l takes the row's 16-byte chunks l, l+32, ...
-// (dim/256 of them), so the lane's input values sit in registers for the whole instruction.
+// (dim/256 of them).
 //
-// Two mappings of pages to the 8 consumer warps:
-//   by page (default): page j of the instruction belongs to warp j % 8, which reads its R rows, reduces four rows at
-//     once with 6 shuffles and releases the page alone (one arrival that counts for all 8 warps). Eight pages are in
-//     work at once and each warp pays the page protocol once per page it computes.
-//   by row (MKCHAT_MATVEC_BY_PAGE=0): row k belongs to warp k % 8; every warp takes and releases every page.
+// Pages map to the 8 consumer warps one page per warp: page j of the instruction belongs to warp j % 8, which reads
+// its R rows, reduces four rows at once with 6 shuffles and releases the page alone (one arrival that counts for all
+// 8 warps). Eight pages are in work at once and each warp pays the page protocol once per page it computes.
 // Why it matters: the consumers must be several times faster than HBM, so that after a wait on a counter they drain
-// the pages prefetched meanwhile before the next wait. PERF_LOG v14: with no weight copies at all the by-row step took
-// 789 µs of the 859 µs with them — the consumers, not HBM, were the bound.
+// the pages prefetched meanwhile before the next wait. PERF_LOG v14: with no weight copies at all, one warp per row
+// (every warp taking every page) took 789 µs of the 859 µs with them. That mapping was removed in v20: it measured
+// slower for the short QKV and OPROJ instructions too, and its 64 registers of input values made any new code spill.
 #pragma once
 #include "llama.cuh"
 #include "../../program.h"
@@ -22,41 +21,6 @@ namespace mk {
 constexpr int kMaxChunksPerLane = kMaxDim / 8 / 32;  // 8 for dim 2048
 
 MK_HD int rows_per_page(int dim) { return kPageBytes / (2 * dim); }
-
-// Consumers, one warp per row: s.out[k] = dot(row k, s.xs) for k < n. Ends with the consumers synchronised.
-__device__ inline void matvec_rows_by_warp(Smem &s, PageCursor &cur, int n, int dim) {
-  const int R = rows_per_page(dim);
-  const int cpl = dim / 256;                    // chunks per lane
-  const int warp = ctid() >> 5, lane = ctid() & 31;
-  const float4 *xs4 = reinterpret_cast<const float4 *>(s.xs);
-  float4 xa[kMaxChunksPerLane], xb[kMaxChunksPerLane];
-#pragma unroll
-  for (int c = 0; c < kMaxChunksPerLane; ++c) {
-    if (c < cpl) {
-      xa[c] = xs4[2 * (lane + 32 * c)];
-      xb[c] = xs4[2 * (lane + 32 * c) + 1];
-    }
-  }
-  for (int first = 0; first < n; first += R) {
-    const int nr = min(R, n - first);
-    const uint4 *page = reinterpret_cast<const uint4 *>(cur.acquire(s));
-    // This warp's rows of the page: instruction row (first + r) % 8 == warp (with R = 4, even pages feed warps 0-3
-    // and odd pages warps 4-7, so two pages are in work at once).
-    for (int r = (warp - first % kConsumerWarps + kConsumerWarps) % kConsumerWarps; r < nr; r += kConsumerWarps) {
-      const uint4 *row = page + r * (dim / 8);
-      float acc[kMaxChunksPerLane];
-#pragma unroll
-      for (int c = 0; c < kMaxChunksPerLane; ++c) acc[c] = c < cpl ? dot8(row[lane + 32 * c], xa[c], xb[c]) : 0.f;
-      float v = 0.f;
-#pragma unroll
-      for (int c = 0; c < kMaxChunksPerLane; ++c) v += acc[c];
-      v = warp_sum(v);
-      if (lane == 0) s.out[first + r] = v;
-    }
-    cur.release(s);
-  }
-  consumer_sync();
-}
 
 // Sum v[0..3] over the warp, four rows at once: lane l ends with row 2*bit4(l) + bit3(l) summed over all 32 lanes
 // (a butterfly that halves the values in flight at the first two levels: 6 shuffles instead of 20).
@@ -71,9 +35,9 @@ __device__ __forceinline__ float warp_sum4(float v0, float v1, float v2, float v
   return b;
 }
 
-// One lane's share of four consecutive rows, chunk by chunk, each row summed in the same order as
-// matvec_rows_by_warp. The input chunks are read from shared memory here (one 32-byte read serves four rows) rather
-// than held in 64 registers for the whole instruction: the kernel is at its 168-register cooperative-launch limit.
+// One lane's share of four consecutive rows, chunk by chunk. The input chunks are read from shared memory here (one
+// 32-byte read serves four rows) rather than held in 64 registers for the whole instruction: the kernel is at its
+// 168-register cooperative-launch limit.
 __device__ __forceinline__ void rows4_dot(const uint4 *row, int stride, int lane, int cpl, const float4 *xs4,
                                           float v[4]) {
   v[0] = v[1] = v[2] = v[3] = 0.f;
@@ -134,6 +98,7 @@ __device__ inline void matvec_rows_by_page(const Globals &g, Smem &s, PageCursor
   const float4 *xs4 = reinterpret_cast<const float4 *>(s.xs);
   const uint32_t np = s.npages;
   const int npg = (n + R - 1) / R;
+  PageCursor::note_mid(s);  // MKCHAT_TRACE: the input vector is staged, the matvec begins
   uint32_t slot = cur.slot + warp, phase = cur.phase;
   while (slot >= np) {
     slot -= np;
@@ -165,8 +130,8 @@ __device__ inline void matvec_rows_by_page(const Globals &g, Smem &s, PageCursor
   consumer_sync();
 }
 
-// Every weight-streaming op's matvec (the mapping is a launch parameter, see the top of this file). The diagnostic
-// modes (vm.cuh kDiag*) replace it by zeros, with or without taking the pages.
+// Every weight-streaming op's matvec. The diagnostic modes (vm.cuh kDiag*) replace it by zeros, with or without taking
+// the pages.
 __device__ __forceinline__ void matvec_rows(const Globals &g, Smem &s, PageCursor &cur, int n) {
   if (g.diag & (kDiagNoPages | kDiagNoMath)) {
     if (!(g.diag & kDiagNoPages)) {
@@ -179,8 +144,7 @@ __device__ __forceinline__ void matvec_rows(const Globals &g, Smem &s, PageCurso
     consumer_sync();
     return;
   }
-  if (g.matvec_by_page) matvec_rows_by_page(g, s, cur, n, g.dim);
-  else matvec_rows_by_warp(s, cur, n, g.dim);
+  matvec_rows_by_page(g, s, cur, n, g.dim);
 }
 
 }  // namespace mk

@@ -25,7 +25,7 @@ struct QkvOp {
     const int half_hd0 = g.hd / 2;
     // This thread's RoPE frequency, loaded before the norm so it is not one more round trip after the matvec.
     const float freq0 = ctid() < a[1] ? __ldg(g.inv_freq + (a[0] + ctid()) % half_hd0) : 0.f;
-    rmsnorm_input(g, s, xf, xb, g.layers[layer].attn_norm);
+    rmsnorm_input(g, s, xf, xb, g.norm_prefetch ? nullptr : g.layers[layer].attn_norm);
     matvec_rows(g, s, cur, 2 * a[1]);
     const int pos = g.start_pos + step;
     const int q_rows = g.n_heads * g.hd, kv_rows = g.n_kv * g.hd, half_hd = g.hd / 2;
