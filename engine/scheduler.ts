@@ -51,6 +51,13 @@ export interface ScheduleOptions {
    * 1034 µs/token against 867 (native/PERF_LOG.md v11). MKCHAT_FUSED_MLP=1 turns it on for measurements.
    */
   fusedMlp?: boolean;
+  /**
+   * ATTN's counter counts q heads rather than kv heads (program.h MK_PH_ATTN_PER_HEAD), so that the CUDA kernel can
+   * give each q head of a short context its own SM with no merge between them (native/cuda/ops/attn.cuh). On by
+   * default; MKCHAT_ATTN_PER_HEAD=0 writes the older program (one increment per kv head), for measurements against
+   * libraries built before it.
+   */
+  attnPerHead?: boolean;
 }
 
 interface Counter {
@@ -117,6 +124,7 @@ export function buildProgram(cfg: LlamaConfig, nQueues: number, opts: ScheduleOp
   const { dim, hiddenDim, nLayers, nHeads, nKvHeads, headDim, vocabSize } = cfg;
   if (!Number.isInteger(nQueues) || nQueues < 1) throw new Error(`scheduler: bad queue count ${nQueues}`);
   const fused = opts.fusedMlp ?? tuningFlag("MKCHAT_FUSED_MLP") ?? false;
+  const perHead = opts.attnPerHead ?? tuningFlag("MKCHAT_ATTN_PER_HEAD") ?? true;
   if (!fused && hiddenDim % dim !== 0) {
     throw new Error(`scheduler: intermediate_size ${hiddenDim} is not a multiple of ${dim} (unfused MLP)`);
   }
@@ -164,8 +172,8 @@ export function buildProgram(cfg: LlamaConfig, nQueues: number, opts: ScheduleOp
       if (L === 0) emit(q, Op.QKV, L, sampled, -1, qkv, [start, n]);
       else emit(q, Op.QKV, L, prevDown, 0, qkv, [start, n]);
     });
-    // Attention: kv head g, split s; the last split of each head merges and signals.
-    const attn = counter(nKvHeads);
+    // Attention: kv head g, split s; the last split of each head merges and signals (once per q head with perHead).
+    const attn = counter(perHead ? nHeads : nKvHeads);
     for (let i = 0; i < nKvHeads * splits; i++) {
       emit(spread(nKvHeads * splits, i), Op.ATTN, L, qkv, 0, attn, [Math.floor(i / splits), i % splits]);
     }
@@ -230,6 +238,7 @@ export function buildProgram(cfg: LlamaConfig, nQueues: number, opts: ScheduleOp
   words[6] = dim;
   words[7] = lmParts.length;
   words[8] = Math.max(1, Math.floor(16384 / (2 * dim)));
+  words[9] = perHead ? 1 : 0;
   let at = HEADER_WORDS;
   for (const c of counters) words[at++] = c.perToken;
   let idx = 0;
@@ -242,7 +251,9 @@ export function buildProgram(cfg: LlamaConfig, nQueues: number, opts: ScheduleOp
 }
 
 /** Decode a program back into per-queue instruction lists (tests, `--verbose` dumps). */
-export function decodeProgram(words: Int32Array): { splits: number; perToken: number[]; queues: Instruction[][] } {
+export function decodeProgram(
+  words: Int32Array,
+): { splits: number; attnPerHead: boolean; perToken: number[]; queues: Instruction[][] } {
   if (words[0] !== PROG_MAGIC || words[1] !== PROG_VERSION) throw new Error("not an mkchat program");
   const nQ = words[2], nC = words[3];
   const perToken = Array.from(words.subarray(HEADER_WORDS, HEADER_WORDS + nC));
@@ -265,5 +276,5 @@ export function decodeProgram(words: Int32Array): { splits: number; perToken: nu
     }
     queues.push(list);
   }
-  return { splits: words[5], perToken, queues };
+  return { splits: words[5], attnPerHead: words[9] === 1, perToken, queues };
 }

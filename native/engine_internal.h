@@ -103,6 +103,7 @@ typedef struct mk_program_view {
   const int32_t *instr;       /* [n_instructions][MK_INSTR_WORDS] */
   int32_t n_queues, n_counters, n_instructions;
   int32_t attn_splits, down_chunk, n_lm_parts;
+  int32_t attn_per_head;      /* header MK_PH_ATTN_PER_HEAD: 0 or 1 */
 } mk_program_view;
 
 /*

@@ -38,11 +38,14 @@ int mk_program_parse(mk_engine *e, const int32_t *words, int32_t n_words, mk_pro
   v.attn_splits = h[MK_PH_ATTN_SPLITS];
   v.down_chunk = h[MK_PH_DOWN_CHUNK];
   v.n_lm_parts = h[MK_PH_N_LM_PARTS];
+  v.attn_per_head = h[MK_PH_ATTN_PER_HEAD];
   if (v.n_queues < 1 || v.n_queues > 65536) return BAD("program: n_queues %d out of range [1, 65536]", v.n_queues);
   if (v.n_counters < 0 || v.n_counters > (1 << 24)) return BAD("program: n_counters %d out of range", v.n_counters);
   if (v.n_instructions < 1 || v.n_instructions > (1 << 24))
     return BAD("program: n_instructions %d out of range", v.n_instructions);
-  for (int k = 9; k < MK_PROG_HEADER_WORDS; k++)
+  if (v.attn_per_head != 0 && v.attn_per_head != 1)
+    return BAD("program: header word %d (ATTN_PER_HEAD) is %d, must be 0 or 1", MK_PH_ATTN_PER_HEAD, v.attn_per_head);
+  for (int k = MK_PH_ATTN_PER_HEAD + 1; k < MK_PROG_HEADER_WORDS; k++)
     if (h[k] != 0) return BAD("program: reserved header word %d is %d, must be 0", k, h[k]);
   int64_t want = (int64_t)MK_PROG_HEADER_WORDS + v.n_counters + (v.n_queues + 1) +
                  (int64_t)v.n_instructions * MK_INSTR_WORDS;
@@ -168,7 +171,8 @@ int mk_program_parse(mk_engine *e, const int32_t *words, int32_t n_words, mk_pro
     for (size_t g = 0; g < (size_t)L * c->n_kv_heads; g++) {
       for (int s = 0; s < S; s++)
         if (!attn_seen[g * S + s]) PBAD("no ATTN for layer %d kv head %d split %d", (int)(g / c->n_kv_heads), (int)(g % c->n_kv_heads), s);
-      if (attn_signal[g] >= 0) signals[attn_signal[g]]++; /* only the merging split signals */
+      /* only the merging split signals: once, or once per q head of the group */
+      if (attn_signal[g] >= 0) signals[attn_signal[g]] += v.attn_per_head ? c->n_heads / c->n_kv_heads : 1;
     }
     for (int k = 0; k < v.n_counters; k++)
       if (signals[k] != v.per_token[k])

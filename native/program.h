@@ -53,6 +53,8 @@
 #define MK_PH_DOWN_CHUNK 6      /* columns of the down projection per DOWN instruction chunk */
 #define MK_PH_N_LM_PARTS 7      /* number of LMHEAD instructions = lm_part slots */
 #define MK_PH_ROWS_PER_PAGE 8   /* weight rows (of `dim` bf16) per shared-memory page; informative */
+#define MK_PH_ATTN_PER_HEAD 9   /* 0: ATTN's counter gets one increment per kv head and token; 1: one per q head, i.e.
+                                   G = n_heads / n_kv per kv head (see MK_OP_ATTN) */
 /* 9..15 reserved, zero */
 
 /* instruction word indices */
@@ -86,7 +88,12 @@ typedef enum mk_opcode {
    *   contexts use few splits and long ones all S.
    *   Writes partial (o[hd] unnormalised, m = max score, l = sum exp(score - m)) to attn_part[h][s] (empty split:
    *   m = -inf, l = 0, o = 0). Scores are q.k / sqrt(hd). Then increments the (L, g) arrival count; the split that
-   *   arrives last merges the S partials of each of its heads into attn[h*hd ...] and is the only one to signal. */
+   *   arrives last merges the S partials of each of its heads into attn[h*hd ...] and is the only one to signal: it
+   *   adds 1 to the counter, or G when the header's ATTN_PER_HEAD is 1.
+   *   What must hold is only that: the counter has its increments for (L, g) once attn rows of all of g's heads are
+   *   written. An interpreter may share a kv head's work among its splits otherwise: CUDA attends contexts of at most
+   *   128 positions (hd 64, G <= 4) without partials, split s taking q heads [s*k, s*k + k) alone (k = ceil(G / S)
+   *   with ATTN_PER_HEAD, else k = G) and adding as many increments as heads, or 1 without ATTN_PER_HEAD. */
   MK_OP_ATTN = 2,
   /* OPROJ (layer L; a0 = first row, a1 = rows of Wo).
    *   for r in rows: v = x_in(L)[r] + dot(Wo[r], attn); resid[2L+1][r] = v; resid[2L+2][r] = v

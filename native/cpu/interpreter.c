@@ -177,7 +177,8 @@ static void op_qkv(launch *g, const int32_t *in, int t) {
   }
 }
 
-/* returns 1 when this split merged its kv head (and so signals), 0 otherwise, < 0 on a detected hazard */
+/* returns the counter increments: 0 unless this split merged its kv head, then 1 or, when the program counts q heads
+   (header ATTN_PER_HEAD), the group size; < 0 on a detected hazard */
 static int op_attn(launch *g, const int32_t *in, int t) {
   mk_engine *e = g->e;
   const mk_model_config *c = &e->cfg;
@@ -241,7 +242,7 @@ static int op_attn(launch *g, const int32_t *in, int t) {
     }
     for (int d = 0; d < hd; d++) out[d] /= L;
   }
-  return 1;
+  return g->p.attn_per_head ? group : 1;
 }
 
 static void op_oproj(launch *g, const int32_t *in, int t) {
@@ -433,7 +434,7 @@ static int run_launch(launch *g) {
       case MK_OP_SAMPLE: signal = op_sample(g, t) == MK_OK ? 1 : -1; break;
     }
     if (signal < 0) { rc = MK_ERR_INTERNAL; break; }
-    if (signal && in[MK_I_SIGNAL] >= 0) g->counters[in[MK_I_SIGNAL]]++;
+    if (signal && in[MK_I_SIGNAL] >= 0) g->counters[in[MK_I_SIGNAL]] += signal;
     if (++q_idx[q] == p->queue_start[q + 1] - p->queue_start[q]) { q_idx[q] = 0; q_step[q]++; }
   }
   free(q_step); free(q_idx); free(ready);

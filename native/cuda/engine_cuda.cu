@@ -61,7 +61,7 @@ struct CudaState {
   uint32_t *counters = nullptr, *attn_arrive = nullptr;
   float *attn_part = nullptr;
   mk::LmPart *lm_part = nullptr;
-  int n_queues = 0, n_counters = 0, attn_splits = 0, n_lm_parts = 0;
+  int n_queues = 0, n_counters = 0, attn_splits = 0, n_lm_parts = 0, attn_per_head = 0;
   bool have_program = false;
   std::vector<int> h_instr, h_queue_start;  // host copies, for MKCHAT_TRACE
   // host stream
@@ -205,6 +205,7 @@ mk::Globals base_globals(const mk_engine *e, const CudaState *st) {
   g.queue_start = st->queue_start;
   g.per_token = st->per_token;
   g.attn_splits = st->attn_splits;
+  g.attn_per_head = st->attn_per_head;
   g.resid = st->resid;
   g.q = st->q;
   g.kcache = st->kcache;
@@ -487,6 +488,7 @@ extern "C" int mk_cuda_set_program(mk_engine *e, const int32_t *words, int32_t n
   st->n_queues = v.n_queues;
   st->n_counters = v.n_counters;
   st->attn_splits = v.attn_splits;
+  st->attn_per_head = v.attn_per_head;
   st->n_lm_parts = v.n_lm_parts;
   st->have_program = true;
   return MK_OK;

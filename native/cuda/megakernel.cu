@@ -44,8 +44,8 @@ __device__ static void prewait_op(const Globals &g, Smem &s, int op, const int *
   if (op == MK_OP_LMHEAD && step >= g.lm_from_step) stage_norm_weight(g, s, g.final_norm);
 }
 
-// Returns whether the instruction signals its counter.
-__device__ static bool run_op(const Globals &g, Smem &s, PageCursor &cur, int op, const int *a, int layer, int step) {
+// Returns how many increments the instruction adds to its counter (0: it does not signal).
+__device__ static int run_op(const Globals &g, Smem &s, PageCursor &cur, int op, const int *a, int layer, int step) {
   switch (op) {
     case MK_OP_QKV: return QkvOp::run(g, s, cur, a, layer, step);
     case MK_OP_ATTN: return AttnOp::run(g, s, cur, a, layer, step);
@@ -134,7 +134,7 @@ __device__ static void consume(const Globals &g, Smem &s, int q0, int q1) {
       consumer_sync();
       if (!s.flag) return;
       if (tr) tr[1] = global_ns();
-      const bool sig = run_op(g, s, cur, op, w + MK_I_A0, layer, step);  // ends with the consumers synced
+      const int sig = run_op(g, s, cur, op, w + MK_I_A0, layer, step);  // ends with the consumers synced
       if (tr) {
         tr[3] = global_ns();
         s.first_page_at = nullptr;
@@ -144,11 +144,12 @@ __device__ static void consume(const Globals &g, Smem &s, int q0, int q1) {
         // measures what the release fence costs: a plain increment.
         const bool relaxed = s.published || (g.diag & kDiagNoRelease);
         s.published = 0;
-        if (sig && w[MK_I_SIGNAL] >= 0) {
+        if (sig > 0 && w[MK_I_SIGNAL] >= 0) {
           if (relaxed) {
-            asm volatile("red.relaxed.gpu.global.add.u32 [%0], 1;" ::"l"(g.counters + w[MK_I_SIGNAL]) : "memory");
+            asm volatile("red.relaxed.gpu.global.add.u32 [%0], %1;" ::"l"(g.counters + w[MK_I_SIGNAL]), "r"(sig)
+                         : "memory");
           } else {
-            signal_counter(g.counters, w[MK_I_SIGNAL]);
+            signal_counter(g.counters, w[MK_I_SIGNAL], (uint32_t)sig);
           }
         }
       }

@@ -188,11 +188,11 @@ __device__ inline bool wait_counter(const uint32_t *counters, int c, uint32_t re
   }
 }
 
-// Consumers' signal: all their stores are done (caller synced); one thread publishes them and bumps the counter.
+// Consumers' signal: all their stores are done (caller synced); one thread publishes them and adds n to the counter.
 // A release reduction: orders every store the consumers made before their barrier (PTX fences are cumulative), with
 // no full fence on the critical path.
-__device__ __forceinline__ void signal_counter(uint32_t *counters, int c) {
-  asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(counters + c) : "memory");
+__device__ __forceinline__ void signal_counter(uint32_t *counters, int c, uint32_t n) {
+  asm volatile("red.release.gpu.global.add.u32 [%0], %1;" ::"l"(counters + c), "r"(n) : "memory");
 }
 
 // --- the page stream as the consumers see it ---------------------------------------------------------------------

@@ -57,6 +57,20 @@ Deno.test("buildProgram() balances every stage across the queues and ends with o
   assert.ok(all.filter((i) => i.op === Op.LMHEAD).every((i) => i.args[1] <= 1024));
 });
 
+Deno.test("buildProgram() counts attention in q heads by default, in kv heads when asked (program.h ATTN_PER_HEAD)", () => {
+  const cfg = parseLlamaConfig(syntheticConfigJson("llama-3.2-1b"), "synthetic:llama-3.2-1b");
+  const cases = [[{}, true, cfg.nHeads], [{ attnPerHead: false }, false, cfg.nKvHeads]] as const;
+  for (const [opts, perHead, increments] of cases) {
+    const p = decodeProgram(buildProgram(cfg, 132, opts));
+    assert.equal(p.attnPerHead, perHead);
+    const attn = p.queues.flat().find((i) => i.op === Op.ATTN && i.layer === 0)!;
+    assert.equal(p.perToken[attn.signal], increments, `ATTN counter increments per token with ${JSON.stringify(opts)}`);
+    const oproj = p.queues.flat().find((i) => i.op === Op.OPROJ && i.layer === 0)!;
+    assert.equal(oproj.wait, attn.signal, "OPROJ waits on the ATTN counter");
+    assert.equal(oproj.waitCount, increments);
+  }
+});
+
 Deno.test("the scheduler's programs run on the CPU interpreter like the reference, in any valid order", async (t) => {
   const untied: ModelConfig = { ...TINY, nLayers: 3, nKvHeads: 4, ropeType: 0, tieEmbeddings: false, hiddenDim: 96 };
   const tied: ModelConfig = { ...TINY, hiddenDim: 96 }; // a multiple of dim, as the unfused DOWN chunks need
@@ -68,6 +82,7 @@ Deno.test("the scheduler's programs run on the CPU interpreter like the referenc
     [1, {}],
     [5, {}],
     [13, { attnSplits: 3 }],
+    [13, { attnSplits: 3, attnPerHead: false }],
     [6, { fusedMlp: true }],
     [9, { fusedMlp: true, attnSplits: 2 }],
   ];

@@ -82,15 +82,17 @@ struct AttnOp {
     if (!sp.single && sp.lo < sp.hi) issue_tile(g, s, head_base, sp.n, sp.hi, sp.lo);
   }
 
-  // The whole context of kv head `kvh` (n <= 128 positions, hd 64, G <= 4 q heads) on this SM, written for latency:
-  // one round of loads (q, every position's K row and V column pair), then warp w scores positions 16w..16w+15 against
-  // the G heads (lane l and lane l + 16 each dot half of position 16w + l's K row), softmaxes and P.Vs them (lane l
-  // owns dimensions 2l, 2l+1), and the 8 warp partials are merged in shared memory. This step's own position comes
+  // The whole context of kv head `kvh` (n <= 128 positions, hd 64) for its q heads j0 .. j0 + nh - 1 (nh <= 4) on
+  // this SM, written for latency: one round of loads (q, every position's K row and V column pair), then warp w scores
+  // positions 16w..16w+15 against the heads (lane l and lane l + 16 each dot half of position 16w + l's K row),
+  // softmaxes and P.Vs them (lane l owns dimensions 2l, 2l+1), and the 8 warp partials are merged in shared memory. This step's own position comes
   // from the QKV output (as in the tile loop). Registers are budgeted: a spill here goes to L2 (shared memory leaves L1
   // ~29 KiB), and 32 positions per warp with whole K rows per lane cost 250 µs per token that way (PERF_LOG v20).
-  __device__ static void run_single(const Globals &g, Smem &s, int kvh, int layer, int n) {
-    constexpr int hd = 64, kMaxG = 4, kPos = kSinglePositionsPerWarp;
-    const int G = g.n_heads / g.n_kv, t = ctid(), warp = t >> 5, lane = t & 31, half = lane >> 4;
+  template <int kMaxG>  // most heads at once (1: one head per SM, no dead head loops; 4: any nh <= 4)
+  __device__ static void run_single(const Globals &g, Smem &s, int kvh, int j0, int nh, int layer, int n) {
+    constexpr int hd = 64, kPos = kSinglePositionsPerWarp;
+    const int G = kMaxG == 1 ? 1 : nh, t = ctid(), warp = t >> 5, lane = t & 31, half = lane >> 4;
+    const int h0 = kvh * (g.n_heads / g.n_kv) + j0;  // first q head
     const int p0 = warp * kPos, npw = max(0, min(kPos, n - p0)), p = p0 + (lane & (kPos - 1));
     const bool scorer = (lane & (kPos - 1)) < npw;
     const size_t head_base = ((size_t)layer * g.n_kv + kvh) * g.ctx;
@@ -100,7 +102,7 @@ struct AttnOp {
     float *po = s.xs;                                          // [8 warps][G][hd] partial outputs
     float *pm = s.scratch, *pl = pm + kConsumerWarps * kMaxG;  // [8 warps][G] partial max, sum
     // Loads, all in flight together: q, this lane's half K row (chunks 4 half .. 4 half + 3), the warp's V pairs.
-    const float qv = t < G * hd ? __ldcg(g.q + (size_t)kvh * G * hd + t) * rsqrtf((float)hd) : 0.f;
+    const float qv = t < G * hd ? __ldcg(g.q + (size_t)h0 * hd + t) * rsqrtf((float)hd) : 0.f;
     uint4 k[4];
     if (scorer && p != n - 1) {
       const uint4 *kr = reinterpret_cast<const uint4 *>(g.kcache + (head_base + p) * hd) + 4 * half;
@@ -127,7 +129,9 @@ struct AttnOp {
     PageCursor::note_mid(s);  // MKCHAT_TRACE: the loads have landed
     // Scores of this lane's position against the G heads (two half rows, summed across the half-warps), then the
     // warp's softmax weights over its 16 positions.
-    float sc[kMaxG] = {0.f, 0.f, 0.f, 0.f}, m[kMaxG], l[kMaxG];
+    float sc[kMaxG], m[kMaxG], l[kMaxG];
+#pragma unroll
+    for (int j = 0; j < kMaxG; ++j) sc[j] = 0.f;
     const float4 *q4 = reinterpret_cast<const float4 *>(q) + 8 * half;
 #pragma unroll
     for (int c = 0; c < 4; ++c) {
@@ -150,7 +154,12 @@ struct AttnOp {
       for (int o = kPos / 2; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
       l[j] = sum;
     }
-    if (half == 0) ew[warp * kPos + lane] = make_float4(sc[0], sc[1], sc[2], sc[3]);
+    if (half == 0) {
+      float e4[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+      for (int j = 0; j < kMaxG; ++j) e4[j] = sc[j];
+      ew[warp * kPos + lane] = make_float4(e4[0], e4[1], e4[2], e4[3]);
+    }
     __syncwarp();
     // P.V over the warp's positions: lane owns dimensions 2 lane and 2 lane + 1 of every head.
     float o[kMaxG][2];
@@ -161,7 +170,7 @@ struct AttnOp {
       if (i < npw) {
         const float4 e = ew[warp * kPos + i];
         const float v0 = __uint_as_float(v[i] << 16), v1 = __uint_as_float(v[i] & 0xffff0000u);
-        const float ej[kMaxG] = {e.x, e.y, e.z, e.w};
+        const float ej[4] = {e.x, e.y, e.z, e.w};
 #pragma unroll
         for (int j = 0; j < kMaxG; ++j) {
           o[j][0] = fmaf(ej[j], v0, o[j][0]);
@@ -199,20 +208,25 @@ struct AttnOp {
         O = fmaf(c, po[(w * G + j) * hd + d], O);
         L = fmaf(c, pl[w * kMaxG + j], L);
       }
-      g.attn[(size_t)(kvh * G + j) * hd + d] = O / L;
+      g.attn[(size_t)(h0 + j) * hd + d] = O / L;
     }
     PageCursor::note_first_page(s);  // MKCHAT_TRACE: marks the attention done
     consumer_sync();
   }
 
-  __device__ static bool run(const Globals &g, Smem &s, PageCursor &, const int *a, int layer, int step) {
+  // Returns the counter increments (program.h MK_OP_ATTN): 0, or 1 per q head with attn_per_head, else 1 per kv head.
+  __device__ static int run(const Globals &g, Smem &s, PageCursor &, const int *a, int layer, int step) {
     const int kvh = a[0], split = a[1], S = g.attn_splits, hd = g.hd;
     const int G = g.n_heads / g.n_kv, TP = tile_positions(hd);
     const AttnSpan sp(g, split, step);
     if (sp.single) {
-      if (split != 0) return false;  // nothing to do, nothing to signal, no arrival (attn_arrive stays a multiple of S)
-      run_single(g, s, kvh, layer, sp.n);
-      return true;
+      // Split s takes q heads [s*k, s*k + k) of the group alone; the others have nothing to do and make no arrival
+      // (attn_arrive stays a multiple of S). One head per SM is the case that matters (Llama-3.2-1B: G = 4 <= S).
+      const int k = g.attn_per_head ? (G + S - 1) / S : G, j0 = split * k, nh = min(G, j0 + k) - j0;
+      if (nh <= 0) return 0;
+      if (nh == 1) run_single<1>(g, s, kvh, j0, 1, layer, sp.n);
+      else run_single<4>(g, s, kvh, j0, nh, layer, sp.n);
+      return g.attn_per_head ? nh : 1;
     }
     const int n = sp.n, lo = sp.lo, hi = sp.hi;
     const int t = ctid(), j = t / hd, d = t % hd, h = kvh * G + j;
@@ -334,7 +348,7 @@ struct AttnOp {
       g.attn[h * hd + d] = O / L;
     }
     consumer_sync();
-    return last;
+    return last ? (g.attn_per_head ? G : 1) : 0;
   }
 };
 

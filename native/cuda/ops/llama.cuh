@@ -73,6 +73,7 @@ struct Globals {
   const int *queue_start;   // [n_queues + 1]
   const int *per_token;     // [n_counters]
   int attn_splits;
+  int attn_per_head;        // ATTN's counter counts q heads (program.h MK_PH_ATTN_PER_HEAD), else kv heads
   // buffers (program.h)
   float *resid;             // [2*n_layers + 1][dim]; index 0 unused (layer 0 reads the embedding)
   float *q;                 // [(n_heads + 2 n_kv) hd] the fused QKV output: q after RoPE, then this position's k

@@ -172,7 +172,7 @@ struct SampleOp {
       }
       // The next token may start: its id, the stop decision and this thread's stores are released with the signal.
       const int signal = a[MK_I_SIGNAL - MK_I_A0];
-      if (signal >= 0) signal_counter(g.counters, signal);
+      if (signal >= 0) signal_counter(g.counters, signal, 1);
       const HostStream &h = g.host;
       if (gen < h.cap) {
         h.tokens[gen] = token;
