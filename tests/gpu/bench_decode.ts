@@ -5,13 +5,14 @@
  *   deno run -A tests/gpu/bench_decode.ts --model synthetic:llama-3.2-1b --device cuda --prompt 32 --gen 128
  *
  * --variants "A=1 B=2|A=3" times each set of environment variables in turn in the same process (the CUDA backend
- * reads its knobs at every launch: MKCHAT_RING_PAGES, MKCHAT_INFLIGHT_PAGES, MKCHAT_EVICT_FIRST, MKCHAT_MATVEC_BY_PAGE,
- * MKCHAT_BULK_PUBLISH, MKCHAT_ATTN_PREFETCH and the diagnostic
- * MKCHAT_DIAG; the scheduler's MKCHAT_ATTN_SPLITS and MKCHAT_FUSED_MLP only when the program is built, at load).
+ * reads its knobs at every launch: MKCHAT_RING_PAGES, MKCHAT_INFLIGHT_PAGES, MKCHAT_EVICT_FIRST, MKCHAT_BULK_PUBLISH,
+ * MKCHAT_ATTN_PREFETCH, MKCHAT_NORM_PREFETCH, MKCHAT_ATTN_SINGLE_MAX and the diagnostic MKCHAT_DIAG; the scheduler's
+ * MKCHAT_ATTN_SPLITS, MKCHAT_ATTN_PER_HEAD and MKCHAT_FUSED_MLP only when the program is built, at load).
  *
  * Two builds of the library (e.g. one built here from other sources, carried along): run this once per build with
  * MKCHAT_LIB=<path/to/libmkchat.so>, in turns, in the same device call (PERF_LOG v19: the H200s differ by up to ~9 µs
- * for the same build). Both must read the program format that engine/scheduler.ts writes.
+ * for the same build); tests/gpu/compare_builds.sh does it. Both must read the program that engine/scheduler.ts writes
+ * (MKCHAT_ATTN_PER_HEAD=0 for libraries built before v20).
  *
  * @module
  */
