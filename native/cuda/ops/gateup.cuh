@@ -13,10 +13,11 @@ struct GateupOp {
   __device__ static bool run(const Globals &g, Smem &s, PageCursor &cur, const int *a, int layer, int) {
     rmsnorm_input(g, s, g.resid + (size_t)(2 * layer + 1) * g.dim, nullptr, g.norm_prefetch ? nullptr : g.layers[layer].ffn_norm);
     matvec_rows(g, s, cur, 2 * a[1]);
+    const float inv = norm_scale(g, s);
     const bool bulk = bulk_rows(g, a[0], a[1]);
     float *stage = reinterpret_cast<float *>(s.ids);
     for (int k = ctid(); k < a[1]; k += kConsumerThreads) {
-      const float gate = s.out[2 * k], up = s.out[2 * k + 1];
+      const float gate = s.out[2 * k] * inv, up = s.out[2 * k + 1] * inv;
       const float v = gate / (1.f + expf(-gate)) * up;
       if (bulk) stage[k] = v;
       else g.h[a[0] + k] = v;

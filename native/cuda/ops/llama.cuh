@@ -172,14 +172,16 @@ __device__ __forceinline__ void stage_norm_weight(const Globals &g, Smem &s, con
   if (8 * t < g.dim) cp_async16(reinterpret_cast<uint4 *>(s.out) + t, weight + 8 * t);
 }
 
-// s.xs = x * rsqrt(mean(x^2) + eps) * weight, x = layer input (fp32 from L2, or a bf16 embedding row). `weight` is
-// null when stage_norm_weight put it in s.out before the wait.
+// The input of an RMSNorm + matvec: s.xs = x * weight, x = layer input (fp32 from L2, or a bf16 embedding row), and the
+// warps' partial sums of x^2 in s.scratch[0..7]. The norm's scalar rsqrt(mean(x^2) + eps) multiplies the matvec's
+// outputs instead (norm_scale, after the matvec): W.(x*w*r) = r * W.(x*w), so the matvec need not wait for the block's
+// sum. `weight` is null when stage_norm_weight put it in s.out before the wait.
 __device__ inline void rmsnorm_input(const Globals &g, Smem &s, const float *x_f32, const bf16 *x_bf16,
                                      const bf16 *weight) {
   const int t = ctid();
-  const bool mine = 8 * t < g.dim;
-  float v[8], w[8], ss = 0.f;
-  if (mine) {
+  float ss = 0.f;
+  if (8 * t < g.dim) {
+    float v[8], w[8];
     if (x_bf16) load8(x_bf16 + 8 * t, v);
     else load8(x_f32 + 8 * t, v);
     if (weight) {
@@ -189,16 +191,23 @@ __device__ inline void rmsnorm_input(const Globals &g, Smem &s, const float *x_f
       load8(reinterpret_cast<const bf16 *>(s.out) + 8 * t, w);
     }
 #pragma unroll
-    for (int i = 0; i < 8; ++i) ss += v[i] * v[i];
-  }
-  ss = block_sum(s, ss);
-  const float inv = rsqrtf(ss / g.dim + g.eps);
-  if (mine) {
-#pragma unroll
-    for (int i = 0; i < 8; ++i) v[i] = v[i] * inv * w[i];
+    for (int i = 0; i < 8; ++i) {
+      ss += v[i] * v[i];
+      v[i] *= w[i];
+    }
     store8(s.xs + 8 * t, v);
   }
+  ss = warp_sum(ss);
+  if ((t & 31) == 0) s.scratch[t >> 5] = ss;
   consumer_sync();
+}
+
+// The RMSNorm scalar of the last rmsnorm_input, once the matvec is done (it leaves s.scratch alone).
+__device__ __forceinline__ float norm_scale(const Globals &g, const Smem &s) {
+  float ss = 0.f;
+#pragma unroll
+  for (int i = 0; i < kConsumerWarps; ++i) ss += s.scratch[i];
+  return rsqrtf(ss / g.dim + g.eps);
 }
 
 // Whether an instruction's output rows [a0, a0 + n) of fp32 can go out as bulk stores (whole 16-byte groups).

@@ -72,11 +72,13 @@ struct LmheadOp {
     const int n = a[1];
     rmsnorm_input(g, s, g.resid + (size_t)(2 * g.n_layers) * g.dim, nullptr, g.norm_prefetch ? nullptr : g.final_norm);
     matvec_rows(g, s, cur, n);
+    const float inv = norm_scale(g, s);
     const float T = g.sp.temperature;
     float best = -CUDART_INF_F, gbest = -CUDART_INF_F;
     int best_id = INT_MAX, gid = INT_MAX;
     for (int k = ctid(); k < n; k += kConsumerThreads) {
-      const float v = s.out[k];
+      const float v = s.out[k] * inv;
+      s.out[k] = v;  // the later passes over the logits read them scaled
       const int id = a[0] + k;
       g.logits[id] = v;
       if (better(v, id, best, best_id)) { best = v; best_id = id; }

@@ -24,9 +24,10 @@ struct MlpOp {
     const int n = a[1];
     rmsnorm_input(g, s, g.resid + (size_t)(2 * layer + 1) * g.dim, nullptr, g.layers[layer].ffn_norm);
     matvec_rows(g, s, cur, 2 * n);
+    const float inv = norm_scale(g, s);
     float *h = reinterpret_cast<float *>(s.ids);  // [n] this instruction's slice of h
     for (int k = ctid(); k < n; k += kConsumerThreads) {
-      const float gate = s.out[2 * k], up = s.out[2 * k + 1];
+      const float gate = s.out[2 * k] * inv, up = s.out[2 * k + 1] * inv;
       h[k] = gate / (1.f + expf(-gate)) * up;
     }
     consumer_sync();

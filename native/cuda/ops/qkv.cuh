@@ -27,6 +27,7 @@ struct QkvOp {
     const float freq0 = ctid() < a[1] ? __ldg(g.inv_freq + (a[0] + ctid()) % half_hd0) : 0.f;
     rmsnorm_input(g, s, xf, xb, g.norm_prefetch ? nullptr : g.layers[layer].attn_norm);
     matvec_rows(g, s, cur, 2 * a[1]);
+    const float inv = norm_scale(g, s);
     const int pos = g.start_pos + step;
     const int q_rows = g.n_heads * g.hd, kv_rows = g.n_kv * g.hd, half_hd = g.hd / 2;
     // Every output also goes to g.q[fused row]; when the pairs are whole 16-byte groups they are staged in shared
@@ -35,7 +36,7 @@ struct QkvOp {
     float *stage = reinterpret_cast<float *>(s.ids);
     for (int k = ctid(); k < a[1]; k += kConsumerThreads) {
       const int pair = a[0] + k, fr = fused_of(g, pair, 0), i = pair % half_hd;
-      float x1 = s.out[2 * k], x2 = s.out[2 * k + 1];
+      float x1 = s.out[2 * k] * inv, x2 = s.out[2 * k + 1] * inv;
       if (fr < q_rows + kv_rows) {  // q and k heads are rotated, v is not
         float sn, cs;
         sincosf((float)pos * (k < kConsumerThreads ? freq0 : g.inv_freq[i]), &sn, &cs);
