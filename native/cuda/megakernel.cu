@@ -44,7 +44,9 @@ __device__ static void prewait_op(const Globals &g, Smem &s, int op, const int *
   if (op == MK_OP_LMHEAD && step >= g.lm_from_step) stage_norm_weight(g, s, g.final_norm);
 }
 
-// Returns how many increments the instruction adds to its counter (0: it does not signal).
+// Returns how many increments the instruction adds to its counter (0: it does not signal). Every op returns with the
+// consumers synchronised, early returns included: thread 0 writes s.flag for the next instruction right after
+// (compute-sanitizer racecheck found the early returns of LMHEAD and SAMPLE in prompt steps and of an idle ATTN).
 __device__ static int run_op(const Globals &g, Smem &s, PageCursor &cur, int op, const int *a, int layer, int step) {
   switch (op) {
     case MK_OP_QKV: return QkvOp::run(g, s, cur, a, layer, step);
@@ -105,10 +107,10 @@ __device__ static void consume(const Globals &g, Smem &s, int q0, int q1) {
       if (ctid() == 0) {
         const bool ok = wait_counter(g.counters, 0, (uint32_t)step, g.ctrl, g.timeout_ns, q0, MK_OP_SAMPLE,
                                      g.n_layers, step);
-        s.flag = ok && step <= *(volatile int *)&g.ctrl->stop_step;
+        s.go = ok && step <= *(volatile int *)&g.ctrl->stop_step;
       }
       consumer_sync();
-      if (!s.flag) return;
+      if (!s.go) return;
     }
     for (int i = q0; i < q1; ++i) {
       const int *w = g.instr + i * MK_INSTR_WORDS;

@@ -45,6 +45,8 @@ struct __align__(128) Smem {
   float out[kMaxRows];                     // per-row results of the instruction's matvec
   int ids[kMaxRows];                       // scratch ids (sorting, sampling)
   float scratch[2 * kConsumerWarps * 32];  // reductions, attention partials
+  float norm_ss[kConsumerWarps];           // rmsnorm_input's partial sums of squares, read after the matvec (the ops'
+                                           // reductions in between use scratch: racecheck, PERF_LOG v21)
   uint64_t full[kPages];                   // producer -> consumers: page holds its bytes
   uint64_t empty[kPages];                  // consumers -> producer: page may be overwritten
   volatile int stop;                       // consumers -> producer: stop issuing (end of launch or abort)
@@ -52,6 +54,8 @@ struct __align__(128) Smem {
   volatile uint32_t issued;                // pages issued by the producer
   uint32_t npages;                         // ring pages in use (<= kPages; Globals.ring_pages, for tuning)
   int flag;                                // broadcast slot among consumers
+  int go;                                  // the step gate's decision (its own slot: thread 0 writes flag for the
+                                           // step's first instruction while other warps may still read this)
   unsigned long long *first_page_at;       // MKCHAT_TRACE: where the traced instruction's first-page time goes
   int instr_now, step_now;                 // the instruction in progress (for a page-wait timeout's report)
   int published;                           // set by an op (thread 0) whose outputs went out as completed bulk

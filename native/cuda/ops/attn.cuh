@@ -223,7 +223,10 @@ struct AttnOp {
       // Split s takes q heads [s*k, s*k + k) of the group alone; the others have nothing to do and make no arrival
       // (attn_arrive stays a multiple of S). One head per SM is the case that matters (Llama-3.2-1B: G = 4 <= S).
       const int k = g.attn_per_head ? (G + S - 1) / S : G, j0 = split * k, nh = min(G, j0 + k) - j0;
-      if (nh <= 0) return 0;
+      if (nh <= 0) {  // nothing to do; the consumers still leave together (run_op ends synchronised)
+        consumer_sync();
+        return 0;
+      }
       if (nh == 1) run_single<1>(g, s, kvh, j0, 1, layer, sp.n);
       else run_single<4>(g, s, kvh, j0, nh, layer, sp.n);
       return g.attn_per_head ? nh : 1;

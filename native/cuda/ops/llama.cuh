@@ -173,7 +173,7 @@ __device__ __forceinline__ void stage_norm_weight(const Globals &g, Smem &s, con
 }
 
 // The input of an RMSNorm + matvec: s.xs = x * weight, x = layer input (fp32 from L2, or a bf16 embedding row), and the
-// warps' partial sums of x^2 in s.scratch[0..7]. The norm's scalar rsqrt(mean(x^2) + eps) multiplies the matvec's
+// warps' partial sums of x^2 in s.norm_ss. The norm's scalar rsqrt(mean(x^2) + eps) multiplies the matvec's
 // outputs instead (norm_scale, after the matvec): W.(x*w*r) = r * W.(x*w), so the matvec need not wait for the block's
 // sum. `weight` is null when stage_norm_weight put it in s.out before the wait.
 __device__ inline void rmsnorm_input(const Globals &g, Smem &s, const float *x_f32, const bf16 *x_bf16,
@@ -198,15 +198,15 @@ __device__ inline void rmsnorm_input(const Globals &g, Smem &s, const float *x_f
     store8(s.xs + 8 * t, v);
   }
   ss = warp_sum(ss);
-  if ((t & 31) == 0) s.scratch[t >> 5] = ss;
+  if ((t & 31) == 0) s.norm_ss[t >> 5] = ss;
   consumer_sync();
 }
 
-// The RMSNorm scalar of the last rmsnorm_input, once the matvec is done (it leaves s.scratch alone).
+// The RMSNorm scalar of the last rmsnorm_input, once the matvec is done.
 __device__ __forceinline__ float norm_scale(const Globals &g, const Smem &s) {
   float ss = 0.f;
 #pragma unroll
-  for (int i = 0; i < kConsumerWarps; ++i) ss += s.scratch[i];
+  for (int i = 0; i < kConsumerWarps; ++i) ss += s.norm_ss[i];
   return rsqrtf(ss / g.dim + g.eps);
 }
 

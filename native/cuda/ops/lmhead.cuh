@@ -68,7 +68,10 @@ struct LmheadOp {
     return g.lm_head + (size_t)a[0] * g.dim;
   }
   __device__ static bool run(const Globals &g, Smem &s, PageCursor &cur, const int *a, int, int step) {
-    if (step < g.lm_from_step) return true;
+    if (step < g.lm_from_step) {  // a prompt step: no logits (run_op ends synchronised)
+      consumer_sync();
+      return true;
+    }
     const int n = a[1];
     rmsnorm_input(g, s, g.resid + (size_t)(2 * g.n_layers) * g.dim, nullptr, g.norm_prefetch ? nullptr : g.final_norm);
     matvec_rows(g, s, cur, n);

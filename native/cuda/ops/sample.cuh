@@ -89,7 +89,10 @@ struct SampleOp {
   // Returns false: SAMPLE bumps its instruction's counter itself as soon as the token and the stop decision are out,
   // before it streams the token to the host (a system-scope fence), which is then off the next token's path.
   __device__ static bool run(const Globals &g, Smem &s, PageCursor &, const int *a, int, int step) {
-    if (step < g.sample_from_step) return true;
+    if (step < g.sample_from_step) {  // a prompt step: nothing to sample (run_op ends synchronised)
+      consumer_sync();
+      return true;
+    }
     const int nparts = a[0], gen = step - g.sample_from_step;
     const SampleParams &sp = g.sp;
     // The host's cancel flag is in pinned host memory (a PCIe round trip): read now, used at the end.
