@@ -1,10 +1,10 @@
 /**
  * The megakernel's attention (native/cuda/ops/attn.cuh) at contexts that exercise every path of it, against the CPU
- * reference engine on the same weights: one SM per kv head (contexts up to 256 positions, the default for head_dim
- * 64), and with that path turned off: one split walking several K/V tiles, two splits of unequal tile counts, the
- * default split count (one tile per split); a generation that crosses from the first path to the splits at 257
- * positions; and head_dim 128 (16-position tiles). Each compares the greedy tokens and their log-probabilities after a
- * prompt. Skipped where no usable GPU is present (CI).
+ * reference engine on the same weights: one SM per q head (contexts up to 128 positions, the default for head_dim 64),
+ * and with that path turned off: one split walking several K/V tiles, two splits of unequal tile counts, the default
+ * split count (one tile per split); a generation that crosses from the first path to the splits at 129 positions; and
+ * head_dim 128 (16-position tiles). Each compares the greedy tokens and their log-probabilities after a prompt.
+ * Skipped where no usable GPU is present (CI).
  */
 import { assert, assertEquals } from "./_assert.ts";
 import { Engine, type GeneratedToken } from "../../engine/engine.ts";
@@ -27,8 +27,8 @@ const GREEDY: SamplingParams = {
   logprobs: 1,
 };
 
-// 250 positions, then 10 tokens: the last warp of the one-SM path, then the splits from 257 positions on.
-const LONG_PROMPT = [128000, ...Array.from({ length: 249 }, (_, i) => 2000 + ((i * 104729) % 60000))];
+// 122 positions, then 10 tokens: the last warp of the one-SM path, then the splits from 129 positions on.
+const LONG_PROMPT = [128000, ...Array.from({ length: 121 }, (_, i) => 2000 + ((i * 104729) % 60000))];
 
 async function greedy(files: ModelFiles, device: "cpu" | "cuda", prompt = PROMPT): Promise<GeneratedToken[]> {
   using engine = await Engine.load(files, { device, ctx: 512 });
@@ -65,7 +65,7 @@ Deno.test({
   async fn(t) {
     const small = await smallModel();
     const cpu = await greedy(small, "cpu");
-    await t.step("one SM per kv head (the default here)", async () => assertAgree(await greedy(small, "cuda"), cpu));
+    await t.step("one SM per q head (the default here)", async () => assertAgree(await greedy(small, "cuda"), cpu));
     const cases: [string, string | undefined][] = [
       ["one split, three tiles", "1"],
       ["two splits", "2"],
@@ -74,7 +74,7 @@ Deno.test({
     for (const [name, splits] of cases) {
       await t.step(name, async () => assertAgree(await withSplits(splits, () => greedy(small, "cuda")), cpu));
     }
-    await t.step("from one SM per kv head to the splits at 257 positions", async () => {
+    await t.step("from one SM per q head to the splits at 129 positions", async () => {
       assertAgree(await greedy(small, "cuda", LONG_PROMPT), await greedy(small, "cpu", LONG_PROMPT));
     });
     await t.step("head_dim 128: 16-position tiles, one split and the default", async () => {
