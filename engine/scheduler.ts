@@ -163,9 +163,14 @@ export function buildProgram(cfg: LlamaConfig, nQueues: number, opts: ScheduleOp
   let prevDown: Counter | null = null;
   const pairs = ((nHeads + 2 * nKvHeads) * headDim) / 2;
 
+  // How each stage's rows are cut: the same in every layer.
+  const qkvParts = splitAligned(pairs, nQueues, PUBLISH_ROWS); // pairs of rows that RoPE rotates together
+  const oParts = splitAligned(dim, nQueues, PUBLISH_ROWS);
+  const perChunkQueues = Math.max(1, Math.floor(nQueues / nChunks)); // unfused MLP: GATEUP and DOWN per DOWN chunk
+  const chunkParts = splitAligned(dim, perChunkQueues, PUBLISH_ROWS);
+
   for (let L = 0; L < nLayers; L++) {
-    // RMSNorm + QKV + RoPE + KV append: pairs of rows that RoPE rotates together.
-    const qkvParts = splitAligned(pairs, nQueues, PUBLISH_ROWS);
+    // RMSNorm + QKV + RoPE + KV append.
     const qkv = counter(qkvParts.length);
     qkvParts.forEach(([start, n], i) => {
       const q = spread(qkvParts.length, i);
@@ -178,7 +183,6 @@ export function buildProgram(cfg: LlamaConfig, nQueues: number, opts: ScheduleOp
       emit(spread(nKvHeads * splits, i), Op.ATTN, L, qkv, 0, attn, [Math.floor(i / splits), i % splits]);
     }
     // O-projection + residual.
-    const oParts = splitAligned(dim, nQueues, PUBLISH_ROWS);
     const o = counter(oParts.length);
     oParts.forEach(([start, n], i) => emit(spread(oParts.length, i), Op.OPROJ, L, attn, 0, o, [start, n]));
     if (fused) {
@@ -190,13 +194,11 @@ export function buildProgram(cfg: LlamaConfig, nQueues: number, opts: ScheduleOp
       continue;
     }
     // RMSNorm + gate/up + SiLU, cut per DOWN chunk so that DOWN can start on the chunks that are done.
-    const perChunkQueues = Math.max(1, Math.floor(nQueues / nChunks));
     const gu: Counter[] = [];
     for (let c = 0; c < nChunks; c++) {
-      const parts = splitAligned(dim, perChunkQueues, PUBLISH_ROWS);
-      const cnt = counter(parts.length);
+      const cnt = counter(chunkParts.length);
       gu.push(cnt);
-      parts.forEach(([start, n], i) => {
+      chunkParts.forEach(([start, n], i) => {
         const q = (c * perChunkQueues + i) % nQueues;
         emit(q, Op.GATEUP, L, o, 0, cnt, [c * dim + start, n]);
       });
@@ -206,9 +208,7 @@ export function buildProgram(cfg: LlamaConfig, nQueues: number, opts: ScheduleOp
     // pieces get the smaller DOWN pieces, so no queue carries the larger of both (PERF_LOG v19).
     const downPieces: [number, number, number][] = [];
     for (let c = 0; c < nChunks; c++) {
-      for (const [start, n] of splitAligned(dim, perChunkQueues, PUBLISH_ROWS).reverse()) {
-        downPieces.push([start, n, c]);
-      }
+      for (const [start, n] of [...chunkParts].reverse()) downPieces.push([start, n, c]);
     }
     const down = counter(downPieces.length);
     downPieces.forEach(([start, n, c], i) => {

@@ -182,6 +182,12 @@ double now_us() {
   return ts.tv_sec * 1e6 + ts.tv_nsec / 1e3;
 }
 
+// An integer setting from the environment, or `fallback` when it is not set.
+int env_int(const char *name, int fallback) {
+  const char *v = getenv(name);
+  return v ? atoi(v) : fallback;
+}
+
 // Fill the launch-independent part of the kernel's view.
 mk::Globals base_globals(const mk_engine *e, const CudaState *st) {
   mk::Globals g;
@@ -222,21 +228,15 @@ mk::Globals base_globals(const mk_engine *e, const CudaState *st) {
   const int ms = e->params.timeout_ms > 0 ? e->params.timeout_ms : 5000;
   g.timeout_ns = (unsigned long long)ms * 1000000ull;
   g.start_pos = e->pos;
-  g.ring_pages = mk::kPages;
-  if (const char *rp = getenv("MKCHAT_RING_PAGES")) g.ring_pages = atoi(rp);
-  g.evict_first = 1;
-  if (const char *ef = getenv("MKCHAT_EVICT_FIRST")) g.evict_first = atoi(ef);
-  g.bulk_publish = 1;
-  if (const char *bp = getenv("MKCHAT_BULK_PUBLISH")) g.bulk_publish = atoi(bp);
-  g.inflight_pages = 3;
-  if (const char *ip = getenv("MKCHAT_INFLIGHT_PAGES")) g.inflight_pages = atoi(ip);
-  g.attn_prefetch = 1;
-  if (const char *ap = getenv("MKCHAT_ATTN_PREFETCH")) g.attn_prefetch = atoi(ap);
-  g.norm_prefetch = 1;
-  if (const char *np = getenv("MKCHAT_NORM_PREFETCH")) g.norm_prefetch = atoi(np);
-  g.attn_single_max = 128;
-  if (const char *sm = getenv("MKCHAT_ATTN_SINGLE_MAX")) g.attn_single_max = atoi(sm);
-  if (const char *dg = getenv("MKCHAT_DIAG")) g.diag = atoi(dg);  // diagnostics: vm.cuh kDiag*
+  // Tuning, A/B and diagnostic switches (README, Environment), read at every launch.
+  g.ring_pages = env_int("MKCHAT_RING_PAGES", mk::kPages);
+  g.evict_first = env_int("MKCHAT_EVICT_FIRST", 1);
+  g.bulk_publish = env_int("MKCHAT_BULK_PUBLISH", 1);
+  g.inflight_pages = env_int("MKCHAT_INFLIGHT_PAGES", 3);
+  g.attn_prefetch = env_int("MKCHAT_ATTN_PREFETCH", 1);
+  g.norm_prefetch = env_int("MKCHAT_NORM_PREFETCH", 1);
+  g.attn_single_max = env_int("MKCHAT_ATTN_SINGLE_MAX", 128);
+  g.diag = env_int("MKCHAT_DIAG", 0);  // diagnostics: vm.cuh kDiag*
   int *dn = nullptr, *dc = nullptr;
   cudaHostGetDevicePointer((void **)&dn, (void *)&st->hs->n, 0);
   cudaHostGetDevicePointer((void **)&dc, (void *)&st->hs->cancel, 0);

@@ -147,12 +147,8 @@ __device__ static void consume(const Globals &g, Smem &s, int q0, int q1) {
         const bool relaxed = s.published || (g.diag & kDiagNoRelease);
         s.published = 0;
         if (sig > 0 && w[MK_I_SIGNAL] >= 0) {
-          if (relaxed) {
-            asm volatile("red.relaxed.gpu.global.add.u32 [%0], %1;" ::"l"(g.counters + w[MK_I_SIGNAL]), "r"(sig)
-                         : "memory");
-          } else {
-            signal_counter(g.counters, w[MK_I_SIGNAL], (uint32_t)sig);
-          }
+          if (relaxed) signal_counter_relaxed(g.counters, w[MK_I_SIGNAL], (uint32_t)sig);
+          else signal_counter(g.counters, w[MK_I_SIGNAL], (uint32_t)sig);
         }
       }
       if (tr) tr[4] = global_ns();

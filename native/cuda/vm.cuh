@@ -198,6 +198,10 @@ __device__ inline bool wait_counter(const uint32_t *counters, int c, uint32_t re
 __device__ __forceinline__ void signal_counter(uint32_t *counters, int c, uint32_t n) {
   asm volatile("red.release.gpu.global.add.u32 [%0], %1;" ::"l"(counters + c), "r"(n) : "memory");
 }
+// The same without release semantics, for outputs already complete in global memory (waited-for bulk stores).
+__device__ __forceinline__ void signal_counter_relaxed(uint32_t *counters, int c, uint32_t n) {
+  asm volatile("red.relaxed.gpu.global.add.u32 [%0], %1;" ::"l"(counters + c), "r"(n) : "memory");
+}
 
 // --- the page stream as the consumers see it ---------------------------------------------------------------------
 // Slot and phase advance incrementally: a division by the run-time ring size on every page cost v4 ~40% of its speed.

@@ -97,7 +97,8 @@ struct Globals {
   SampleParams sp;
   unsigned long long timeout_ns;
   // optional per-instruction timing of one step (MKCHAT_TRACE): [n_instr][kTraceWords] = wait begin, wait end,
-  // first page in hand, compute done (before the signal), done (after the signal), in ns of %globaltimer
+  // first page in hand, compute done (before the signal), done (after the signal), an op-specific midpoint
+  // (PageCursor::note_mid), in ns of %globaltimer
   unsigned long long *trace;
   int trace_step;
   // diagnostics only (MKCHAT_DIAG, bits of kDiag*): take parts of the work away to measure what the rest costs
@@ -110,7 +111,7 @@ struct Globals {
   // QKV, GATEUP and LMHEAD stage their RMSNorm weight in shared memory before their counter wait (1, default;
   // MKCHAT_NORM_PREFETCH=0 reads it after the wait, for A/B)
   int norm_prefetch;
-  // ATTN: contexts of up to this many positions (at most 128) are attended by one SM per kv head (attn.cuh
+  // ATTN: contexts of up to this many positions (at most 128) are attended without splits, one SM per q head (attn.cuh
   // attn_single; default 128, MKCHAT_ATTN_SINGLE_MAX=0: always the splits with their merge)
   int attn_single_max;
   int ring_pages;             // pages of the ring in use (kPages; MKCHAT_RING_PAGES overrides, for tuning)
